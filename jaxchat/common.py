@@ -1,0 +1,83 @@
+"""Small shared helpers: the base directory layout, process-0 printing, JSONL metric logs."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+
+def base_dir() -> Path:
+    """Where every artifact lives (nanochat's layout): `$JAXCHAT_BASE_DIR`, default `~/.cache/jaxchat`.
+
+    tokenizer/            trained tokenizer (+ token byte lengths)
+    base_data/            FineWeb-edu parquet shards (online presets)
+    base_checkpoints/<tag>/ mid_checkpoints/<tag>/ chatsft_checkpoints/<tag>/ chatrl_checkpoints/<tag>/
+    report/               per-stage report sections, plots, report.md
+    """
+    d = Path(os.environ.get("JAXCHAT_BASE_DIR", Path.home() / ".cache" / "jaxchat")).expanduser()
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def process_index() -> int:
+    """Process id without forcing JAX to initialise when it has not been imported yet."""
+    import sys
+
+    if "jax" in sys.modules:
+        import jax
+
+        try:
+            return jax.process_index()
+        except Exception:  # backend not initialisable (e.g. during interpreter shutdown)
+            return 0
+    return int(os.environ.get("JAX_PROCESS_ID", "0"))
+
+
+def print0(*args, **kwargs) -> None:
+    """print() on process 0 only (multi-host runs would otherwise repeat every line)."""
+    if process_index() == 0:
+        print(*args, **kwargs, flush=True)
+
+
+class JsonlLog:
+    """Append-only JSONL metrics log (one dict per line, with a wall-clock timestamp). Process 0 writes."""
+
+    def __init__(self, path: str | os.PathLike | None):
+        self.path = Path(path) if path else None
+        if self.path is not None and process_index() == 0:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, **record) -> None:
+        if self.path is None or process_index() != 0:
+            return
+        record = {"time": round(time.time(), 3), **record}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record, default=_json_default) + "\n")
+
+
+def _json_default(x):
+    try:
+        import numpy as np
+
+        if isinstance(x, np.generic):
+            return x.item()
+        if isinstance(x, np.ndarray):
+            return x.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    return str(x)
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    p = Path(path)
+    if not p.exists():
+        return []
+    out = []
+    for line in p.read_text().splitlines():
+        line = line.strip()
+        if line:
+            out.append(json.loads(line))
+    return out

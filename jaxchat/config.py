@@ -1,0 +1,388 @@
+"""Configuration: frozen dataclasses, TOML presets in `configs/`, `--key=value` overrides on top.
+
+A preset file (`configs/<name>.toml`) has one table per config section (`[model]`, `[mesh]`, `[base]`,
+`[mid]`, `[sft]`, `[rl]`, `[eval]`, `[tokenizer]`) and may start with `extends = "<other preset>"`.
+A script asks for the sections it uses; every field of those sections becomes a CLI flag with nanochat's
+key names (`--depth=20`, `--device_batch_size=16`, ...). An unknown key is an error naming the valid keys;
+a value of the wrong type is an error naming the key and the expected type. `--section.key=value`
+disambiguates a key that two of the script's sections share.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A bad preset name, key or value. The message always says what would have been valid."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# Sections
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The GPT shape. Everything derives from `depth`, exactly as nanochat: width = 64·depth,
+    head_dim 128, heads = ceil(width / 128), MLP 4× width."""
+
+    depth: int = 4
+    vocab_size: int = 8192
+    max_seq_len: int = 512
+    aspect_ratio: int = 64
+    head_dim_target: int = 128
+    n_kv_head: int = 0  # 0 = same as n_head (nanochat's default, GQA ratio 1:1)
+    rope_theta: float = 10_000.0
+    softcap: float = 15.0
+    # Numerics and implementation knobs (do not change the function the model computes).
+    compute_dtype: str = "float32"  # "bfloat16" on GPU; params are always float32 (master weights)
+    attn_impl: str = "xla"  # "xla" | "cudnn" | "auto" (cudnn on GPU, xla elsewhere)
+    scan_layers: bool = False  # lax.scan over the stacked layers (O(1) compile time in depth)
+    remat: str = "none"  # "none" | "full" | "dots" (save matmul outputs) | "minimal"
+    loss_chunk: int = 0  # tokens per chunk for the fused lm_head+loss (0 = one chunk)
+
+    def __post_init__(self):
+        if self.depth < 1:
+            raise ConfigError(f"depth must be >= 1, got {self.depth}")
+        if self.n_kv_head and self.n_head % self.n_kv_head:
+            raise ConfigError(f"n_kv_head={self.n_kv_head} must divide n_head={self.n_head}")
+        if self.compute_dtype not in ("float32", "bfloat16", "float16"):
+            raise ConfigError(f"compute_dtype must be float32|bfloat16|float16, got {self.compute_dtype!r}")
+        if self.attn_impl not in ("xla", "cudnn", "auto"):
+            raise ConfigError(f"attn_impl must be xla|cudnn|auto, got {self.attn_impl!r}")
+        if self.remat not in ("none", "full", "dots", "minimal"):
+            raise ConfigError(f"remat must be none|full|dots|minimal, got {self.remat!r}")
+
+    @property
+    def n_layer(self) -> int:
+        return self.depth
+
+    @property
+    def n_embd(self) -> int:
+        return self.depth * self.aspect_ratio
+
+    @property
+    def n_head(self) -> int:
+        return max(1, math.ceil(self.n_embd / self.head_dim_target))
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def mlp_dim(self) -> int:
+        return 4 * self.n_embd
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    """Device mesh. Axis sizes multiply to the device count; -1 means "all remaining devices".
+    Default: every device on the FSDP axis (ZeRO-3 style), which is also data parallel for the batch."""
+
+    data: int = 1
+    fsdp: int = -1
+    tensor: int = 1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Knobs of the shared training loop (jaxchat/train.py). Stage sections start from these defaults."""
+
+    device_batch_size: int = 8  # rows per device per micro-step
+    total_batch_size: int = -1  # tokens per optimizer step; -1 = one micro-step over all devices
+    num_iterations: int = -1  # explicit horizon (wins over the two below)
+    target_flops: float = -1.0
+    target_param_data_ratio: float = 20.0  # Chinchilla: tokens = ratio x params
+    matrix_lr: float = 0.02  # Muon
+    embedding_lr: float = 0.2  # AdamW, x (width/768)^-0.5
+    unembedding_lr: float = 0.004  # AdamW, x (width/768)^-0.5
+    weight_decay: float = 0.0
+    init_lr_frac: float = 1.0  # every LR x this (SFT 0.02, RL 0.05)
+    warmup_ratio: float = 0.0
+    warmdown_ratio: float = 0.2
+    final_lr_frac: float = 0.0
+    muon_momentum_start: float = 0.85
+    muon_momentum_end: float = 0.95
+    muon_momentum_warmup: int = 300
+    grad_clip: float = 0.0  # 0 = off (nanochat V1's clip was a no-op in practice and was removed)
+    eval_every: int = 250
+    eval_tokens: int = 20 * 524_288
+    sample_every: int = 2000
+    save_every: int = -1  # -1 = only at the end
+    keep_checkpoints: int = 2
+    log_every: int = 1
+    seed: int = 42
+    resume: bool = False
+
+
+@dataclass(frozen=True)
+class BaseConfig(TrainConfig):
+    source: str = "embedded"  # "embedded" | "fineweb" | a path to your own .txt/.jsonl/.parquet files
+    packing: str = "concat"  # "concat" (nanochat V1) | "bos_bestfit" (every row starts with BOS)
+    model_tag: str = ""  # checkpoint folder name; default "d<depth>"
+    core_metric_every: int = -1
+    core_max_per_task: int = 500
+
+
+@dataclass(frozen=True)
+class MidConfig(TrainConfig):
+    source: str = "base"
+    model_tag: str = ""
+    online: bool = False  # use nanochat's real mixtures from the hub
+    eval_every: int = 150
+    eval_tokens: int = 20 * 524_288
+    warmdown_ratio: float = 0.2
+
+
+@dataclass(frozen=True)
+class SFTConfig(TrainConfig):
+    source: str = "mid"
+    model_tag: str = ""
+    online: bool = False
+    device_batch_size: int = 4
+    target_examples_per_step: int = 32
+    num_epochs: int = 1
+    init_lr_frac: float = 0.02
+    warmdown_ratio: float = 1.0  # linear decay from the first step to 0
+    muon_momentum_start: float = 0.95
+    eval_every: int = 100
+    eval_steps: int = 100
+    eval_metrics_every: int = 200
+    eval_metrics_max_problems: int = 1024
+    save_optimizer: bool = False
+
+
+@dataclass(frozen=True)
+class RLConfig(TrainConfig):
+    source: str = "sft"
+    model_tag: str = ""
+    task: str = "arithmetic"  # "arithmetic" (offline) | "gsm8k" (hub: GSM8K train)
+    examples_per_step: int = 16
+    num_samples: int = 16
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_k: int = 50
+    normalize_std: bool = False
+    init_lr_frac: float = 0.05
+    warmdown_ratio: float = 1.0
+    muon_momentum_start: float = 0.95
+    eval_every: int = 60
+    eval_examples: int = 400
+    save_every: int = 60
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    max_per_task: int = -1  # CORE examples per task (-1 = all)
+    max_problems: int = -1  # chat_eval problems per task (-1 = all)
+    batch_size: int = 8
+    num_samples: int = 1
+    max_new_tokens: int = 512
+    temperature: float = 0.0
+    top_k: int = 50
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    vocab_size: int = 8192
+    max_chars: int = 20_000_000
+    doc_cap: int = 10_000
+    source: str = "embedded"
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "mesh": MeshConfig,
+    "train": TrainConfig,
+    "base": BaseConfig,
+    "mid": MidConfig,
+    "sft": SFTConfig,
+    "rl": RLConfig,
+    "eval": EvalConfig,
+    "tokenizer": TokenizerConfig,
+}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Loading
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
+
+
+def load_preset(name: str) -> dict[str, dict]:
+    """Read `configs/<name>.toml` (following `extends`) into {section: {key: value}}."""
+    path = Path(name) if name.endswith(".toml") else CONFIG_DIR / f"{name}.toml"
+    if not path.exists():
+        raise ConfigError(f"unknown preset {name!r}; available presets: {', '.join(available_presets())}")
+    with open(path, "rb") as f:
+        raw = tomllib.load(f)
+    parent = raw.pop("extends", None)
+    merged = load_preset(parent) if parent else {}
+    for section, values in raw.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"{path}: unknown section [{section}]; valid sections: {', '.join(SECTIONS)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: '{section}' must be a table ([{section}])")
+        valid = {f.name for f in dataclasses.fields(SECTIONS[section])}
+        for key in values:
+            if key not in valid:
+                raise ConfigError(
+                    f"{path}: unknown key {key!r} in [{section}]; valid keys: {', '.join(sorted(valid))}"
+                )
+        merged.setdefault(section, {}).update(values)
+    return merged
+
+
+def _type_of(cls: type, name: str):
+    hints = typing.get_type_hints(cls)
+    return hints[name]
+
+
+def _coerce(key: str, value, typ):
+    """Convert a TOML or CLI value to the field's type, or raise a ConfigError naming key and type."""
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() == "none"):
+            return None
+        typ = args[0]
+    tname = getattr(typ, "__name__", str(typ))
+    try:
+        if typ is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if typ is int:
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, float):
+                if value != int(value):
+                    raise ValueError
+                return int(value)
+            if isinstance(value, str):
+                return int(float(value)) if ("e" in value.lower() and float(value).is_integer()) else int(value)
+            return int(value)
+        if typ is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if typ is str:
+            if not isinstance(value, str):
+                raise ValueError
+            return value
+    except (TypeError, ValueError):
+        raise ConfigError(f"--{key}: expected {tname}, got {value!r}") from None
+    return value
+
+
+def build(cls: type, values: dict, *, where: str = ""):
+    """Instantiate a config dataclass from a dict, checking keys and types."""
+    valid = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in valid:
+            raise ConfigError(f"{where}unknown key {key!r}; valid keys: {', '.join(sorted(valid))}")
+        kwargs[key] = _coerce(key, value, _type_of(cls, key))
+    return cls(**kwargs)
+
+
+def parse_overrides(argv: list[str]) -> tuple[str, dict[str, str], list[str]]:
+    """Split argv into (preset, {key: value}, positional). Accepts --k=v, --k v, and bare --flag (= true)."""
+    preset, overrides, positional = "tiny", {}, []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            positional.append(arg)
+            i += 1
+            continue
+        body = arg[2:]
+        if "=" in body:
+            key, value = body.split("=", 1)
+        elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            key, value = body, argv[i + 1]
+            i += 1
+        else:
+            key, value = body, "true"
+        key = key.replace("-", "_")
+        if key == "preset":
+            preset = value
+        else:
+            overrides[key] = value
+        i += 1
+    return preset, overrides, positional
+
+
+def load(sections: list[str], argv: list[str] | None = None, *, extra: dict[str, object] | None = None):
+    """Load the named sections from a preset plus CLI overrides.
+
+    Returns a types.SimpleNamespace with one attribute per section, plus `preset` and `extra` (script-only
+    flags, declared by the caller in `extra` as {name: default}).
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    preset, overrides, positional = parse_overrides(argv)
+    if positional:
+        raise ConfigError(f"unexpected argument(s) {positional}; use --key=value")
+    data = load_preset(preset)
+    per_section: dict[str, dict] = {s: dict(data.get(s, {})) for s in sections}
+    owners: dict[str, list[str]] = {}
+    for s in sections:
+        for f in dataclasses.fields(SECTIONS[s]):
+            owners.setdefault(f.name, []).append(s)
+    extra = dict(extra or {})
+    extras_out = dict(extra)
+    for key, value in overrides.items():
+        if "." in key:
+            section, sub = key.split(".", 1)
+            if section not in sections or sub not in {f.name for f in dataclasses.fields(SECTIONS[section])}:
+                raise ConfigError(f"unknown key --{key}; valid keys: {', '.join(_valid_keys(sections, extra))}")
+            per_section[section][sub] = value
+        elif key in extra:
+            default = extra[key]
+            extras_out[key] = _coerce(key, value, type(default)) if default is not None else value
+        elif key in owners:
+            if len(owners[key]) > 1:
+                # The stage section wins over generic ones (e.g. [sft] over [train]).
+                for s in owners[key]:
+                    per_section[s][key] = value
+            else:
+                per_section[owners[key][0]][key] = value
+        else:
+            raise ConfigError(f"unknown key --{key}; valid keys: {', '.join(_valid_keys(sections, extra))}")
+    out = types.SimpleNamespace(preset=preset, extra=types.SimpleNamespace(**extras_out))
+    for s in sections:
+        setattr(out, s, build(SECTIONS[s], per_section[s], where=f"[{s}] "))
+    return out
+
+
+def _valid_keys(sections: list[str], extra: dict) -> list[str]:
+    keys = {"preset", *extra}
+    for s in sections:
+        keys.update(f.name for f in dataclasses.fields(SECTIONS[s]))
+    return sorted(keys)
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def replace(cfg, **changes):
+    return dataclasses.replace(cfg, **changes)

@@ -1,0 +1,305 @@
+"""The GPT: nanochat V1's architecture as a Flax NNX module and as pure functions over a params dict.
+
+Architecture (nanochat V1, `reference/nanochat.md` §2): token embedding → param-free RMSNorm → `depth` pre-norm
+blocks [x += attn(norm(x)); x += mlp(norm(x))] → RMSNorm → untied lm_head → fp32 logits soft-capped at 15.
+Attention: separate q/k/v projections, rotary (θ=10k, split halves) on q and k, then RMSNorm on q and k,
+causal softmax attention with GQA, output projection. MLP: ReLU² with 4× width. No biases anywhere.
+
+Params are one nested dict with the layers stacked on a leading axis (so `lax.scan` can run them):
+    wte      [V, D]            lm_head   [D, V]
+    blocks.wq [L, D, H·Dh]     blocks.wk [L, D, K·Dh]   blocks.wv [L, D, K·Dh]   blocks.wo [L, H·Dh, D]
+    blocks.w_fc [L, D, F]      blocks.w_proj [L, F, D]
+`GPT` (NNX) builds them with nanochat's init and carries each weight's logical axes as metadata; at every
+jit boundary we take the plain dict (`init_params`) and call the pure `forward` — a notebook user can do
+the same by hand. Shape suffixes in names: B batch, T query length, S cache length, D width, H heads,
+K kv heads, G = H/K, Dh head dim, V vocab, L layers, F MLP width.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
+
+from jaxchat.config import ModelConfig
+
+Params = dict[str, Any]
+# torch's F.rms_norm(eps=None) uses the dtype's machine epsilon; we normalise in float32 with that value.
+RMS_EPS = float(jnp.finfo(jnp.float32).eps)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Parameters
+
+
+class GPT(nnx.Module):
+    """nanochat's GPT with nanochat's init. Each weight is an `nnx.Param` whose `axes` metadata names its
+    logical axes (the sharding rules table in `jaxchat/sharding.py` maps those to mesh axes)."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        L, D, V, F = cfg.n_layer, cfg.n_embd, cfg.vocab_size, cfg.mlp_dim
+        HD, KD = cfg.n_head * cfg.head_dim, cfg.kv_heads * cfg.head_dim
+
+        def dense(key, shape, fan_in, fan_out):
+            # Normal(0, 1/sqrt(fan_in) * min(1, sqrt(fan_out/fan_in)))  (arXiv 2310.17813, as nanochat)
+            std = 1.0 / math.sqrt(fan_in) * min(1.0, math.sqrt(fan_out / fan_in))
+            return std * jax.random.normal(key, shape, jnp.float32)
+
+        zeros = lambda shape: jnp.zeros(shape, jnp.float32)  # noqa: E731
+        self.wte = nnx.Param(jax.random.normal(rngs.params(), (V, D), jnp.float32), axes=("vocab", "embed"))
+        self.lm_head = nnx.Param(zeros((D, V)), axes=("embed", "vocab"))
+        self.blocks = nnx.Dict(
+            wq=nnx.Param(dense(rngs.params(), (L, D, HD), D, HD), axes=("layers", "embed", "heads")),
+            wk=nnx.Param(dense(rngs.params(), (L, D, KD), D, KD), axes=("layers", "embed", "kv_heads")),
+            wv=nnx.Param(dense(rngs.params(), (L, D, KD), D, KD), axes=("layers", "embed", "kv_heads")),
+            wo=nnx.Param(zeros((L, HD, D)), axes=("layers", "heads", "embed")),
+            w_fc=nnx.Param(dense(rngs.params(), (L, D, F), D, F), axes=("layers", "embed", "mlp")),
+            w_proj=nnx.Param(zeros((L, F, D)), axes=("layers", "mlp", "embed")),
+        )
+
+    def params(self) -> Params:
+        return nnx.state(self, nnx.Param).to_pure_dict()
+
+    def __call__(self, tokens_BxT, cache=None, lengths_B=None):
+        return forward(self.params(), tokens_BxT, self.cfg, cache=cache, lengths_B=lengths_B)
+
+
+def init_params(cfg: ModelConfig, key) -> Params:
+    """Pure init: a fresh params dict (jit it with out_shardings to create it already sharded)."""
+    return GPT(cfg, rngs=nnx.Rngs(params=key)).params()
+
+
+def param_axes(cfg: ModelConfig) -> dict:
+    """The logical axes of every param, as a dict parallel to the params (computed abstractly)."""
+    abstract = nnx.eval_shape(lambda: GPT(cfg, rngs=nnx.Rngs(0)))
+    state = nnx.state(abstract, nnx.Param)
+    axes = jax.tree.map(lambda v: v.get_metadata()["axes"], state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    return axes.to_pure_dict()
+
+
+def param_shapes(cfg: ModelConfig) -> Params:
+    """Shape/dtype structs of the params without allocating them."""
+    return jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
+
+
+def num_params(cfg: ModelConfig) -> int:
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(param_shapes(cfg)))
+
+
+def flops_per_token(cfg: ModelConfig) -> float:
+    """nanochat's estimate: 6·(params − embedding) + 12·L·H·Dh·T (T = max_seq_len; PaLM-style, counts lm_head,
+    full (not causal-halved) attention)."""
+    n = num_params(cfg)
+    n_embed = cfg.vocab_size * cfg.n_embd
+    return 6.0 * (n - n_embed) + 12.0 * cfg.n_layer * cfg.n_head * cfg.head_dim * cfg.max_seq_len
+
+
+# ----------------------------------------------------------------------------------------------------
+# Pieces
+
+
+def rms_norm(x):
+    x32 = x.astype(jnp.float32)
+    return (x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + RMS_EPS)).astype(x.dtype)
+
+
+def rotary_tables(pos_BxT, head_dim: int, theta: float):
+    """cos/sin of shape [B, T, Dh/2] for absolute positions (float32)."""
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    freqs = pos_BxT.astype(jnp.float32)[..., None] * inv_freq
+    return jnp.cos(freqs), jnp.sin(freqs)
+
+
+def apply_rotary(x_BxTxNxDh, cos_BxTxR, sin_BxTxR):
+    """Split-halves rotary: y1 = x1·cos + x2·sin, y2 = −x1·sin + x2·cos."""
+    d = x_BxTxNxDh.shape[-1] // 2
+    x1, x2 = x_BxTxNxDh[..., :d], x_BxTxNxDh[..., d:]
+    cos = cos_BxTxR[:, :, None, :].astype(x_BxTxNxDh.dtype)
+    sin = sin_BxTxR[:, :, None, :].astype(x_BxTxNxDh.dtype)
+    return jnp.concatenate([x1 * cos + x2 * sin, -x1 * sin + x2 * cos], axis=-1)
+
+
+def _attn_impl(cfg: ModelConfig):
+    if cfg.attn_impl == "auto":
+        return "cudnn" if jax.default_backend() == "gpu" and cfg.compute_dtype != "float32" else "xla"
+    return cfg.attn_impl
+
+
+def causal_attention(q_BxTxHxDh, k_BxTxKxDh, v_BxTxKxDh, cfg: ModelConfig):
+    """Self-attention over one causal chunk (training, and prefill into an empty cache)."""
+    impl = _attn_impl(cfg)
+    if impl == "cudnn":
+        return jax.nn.dot_product_attention(q_BxTxHxDh, k_BxTxKxDh, v_BxTxKxDh, is_causal=True, implementation="cudnn")
+    B, T, H, Dh = q_BxTxHxDh.shape
+    K = k_BxTxKxDh.shape[2]
+    q = q_BxTxHxDh.reshape(B, T, K, H // K, Dh)
+    s_BxKxGxTxS = jnp.einsum("btkgd,bskd->bkgts", q, k_BxTxKxDh, preferred_element_type=jnp.float32)
+    s_BxKxGxTxS = s_BxKxGxTxS * (1.0 / math.sqrt(Dh))
+    causal_TxS = jnp.tril(jnp.ones((T, T), bool))
+    s_BxKxGxTxS = jnp.where(causal_TxS, s_BxKxGxTxS, -1e30)
+    p = jax.nn.softmax(s_BxKxGxTxS, axis=-1).astype(v_BxTxKxDh.dtype)
+    o = jnp.einsum("bkgts,bskd->btkgd", p, v_BxTxKxDh)
+    return o.reshape(B, T, H, Dh)
+
+
+def cached_attention(q_BxTxHxDh, kc_BxSxKxDh, vc_BxSxKxDh, qpos_BxT):
+    """Attention of new queries against the whole cache; key j is visible to a query at position p iff j <= p.
+
+    Keys beyond a row's own position (padding of a ragged prefill, stale entries) are never visible."""
+    B, T, H, Dh = q_BxTxHxDh.shape
+    S, K = kc_BxSxKxDh.shape[1], kc_BxSxKxDh.shape[2]
+    q = q_BxTxHxDh.reshape(B, T, K, H // K, Dh)
+    s = jnp.einsum("btkgd,bskd->bkgts", q, kc_BxSxKxDh, preferred_element_type=jnp.float32) * (1.0 / math.sqrt(Dh))
+    visible_BxTxS = jnp.arange(S)[None, None, :] <= qpos_BxT[:, :, None]
+    s = jnp.where(visible_BxTxS[:, None, None], s, -1e30)
+    p = jax.nn.softmax(s, axis=-1).astype(vc_BxSxKxDh.dtype)
+    o = jnp.einsum("bkgts,bskd->btkgd", p, vc_BxSxKxDh)
+    return o.reshape(B, T, H, Dh)
+
+
+def _write_rows(cache_BxSxKxDh, new_BxTxKxDh, pos_B):
+    """Write each row's new entries at its own position (a per-row dynamic_update_slice)."""
+    upd = lambda c, n, p: jax.lax.dynamic_update_slice(c, n, (p, 0, 0))  # noqa: E731
+    return jax.vmap(upd)(cache_BxSxKxDh, new_BxTxKxDh.astype(cache_BxSxKxDh.dtype), pos_B)
+
+
+def block(p: Params, x_BxTxD, cos, sin, cfg: ModelConfig, kv=None, pos_B=None, qpos_BxT=None):
+    """One transformer block. `kv` = (k_cache, v_cache) for this layer, or None for plain causal attention."""
+    B, T, D = x_BxTxD.shape
+    H, K, Dh = cfg.n_head, cfg.kv_heads, cfg.head_dim
+    dt = x_BxTxD.dtype
+    h = rms_norm(x_BxTxD)
+    q = (h @ p["wq"].astype(dt)).reshape(B, T, H, Dh)
+    k = (h @ p["wk"].astype(dt)).reshape(B, T, K, Dh)
+    v = (h @ p["wv"].astype(dt)).reshape(B, T, K, Dh)
+    q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+    q, k = rms_norm(q), rms_norm(k)
+    q = _name(q, "q")
+    if kv is None:
+        o = causal_attention(q, k, v, cfg)
+        new_kv = None
+    else:
+        kc, vc = _write_rows(kv[0], k, pos_B), _write_rows(kv[1], v, pos_B)
+        o = cached_attention(q, kc, vc, qpos_BxT)
+        new_kv = (kc, vc)
+    o = _name(o.reshape(B, T, H * Dh), "attn_out")
+    x_BxTxD = x_BxTxD + o @ p["wo"].astype(dt)
+    h = rms_norm(x_BxTxD)
+    u = _name(h @ p["w_fc"].astype(dt), "mlp_in")
+    u = jnp.square(jax.nn.relu(u))
+    x_BxTxD = x_BxTxD + u @ p["w_proj"].astype(dt)
+    return x_BxTxD, new_kv
+
+
+def _name(x, name):
+    return checkpoint_name(x, name)
+
+
+def _remat_policy(cfg: ModelConfig):
+    if cfg.remat == "full":
+        return jax.checkpoint_policies.nothing_saveable
+    if cfg.remat == "dots":
+        return jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+    if cfg.remat == "minimal":  # keep q, the attention output and the MLP input; recompute the rest
+        return jax.checkpoint_policies.save_only_these_names("q", "attn_out", "mlp_in")
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------
+# Forward
+
+
+def hidden_states(params: Params, tokens_BxT, cfg: ModelConfig, *, cache=None, lengths_B=None):
+    """Embedding → blocks → final norm. Returns (h_BxTxD, new_cache or None).
+
+    With `cache` ({"k","v": [L,B,S,K,Dh], "pos": [B] int32}), the tokens are appended at each row's `pos`, rotary
+    uses absolute positions pos + t, attention sees the cache, and the returned cache has
+    pos += lengths_B (default T: right-padded rows pass their true lengths)."""
+    dt = jnp.dtype(cfg.compute_dtype)
+    B, T = tokens_BxT.shape
+    x = rms_norm(params["wte"].astype(dt)[tokens_BxT])
+    blocks = params["blocks"]
+    if cache is None:
+        pos_BxT = jnp.broadcast_to(jnp.arange(T)[None], (B, T))
+    else:
+        pos_BxT = cache["pos"][:, None] + jnp.arange(T)[None]
+    cos, sin = rotary_tables(pos_BxT, cfg.head_dim, cfg.rope_theta)
+
+    if cache is None:
+        def body(x, p):
+            return block(p, x, cos, sin, cfg)[0], None
+    else:
+        def body(x, xs):
+            p, kc, vc = xs
+            x, (kc, vc) = block(p, x, cos, sin, cfg, kv=(kc, vc), pos_B=cache["pos"], qpos_BxT=pos_BxT)
+            return x, (kc, vc)
+
+    policy = _remat_policy(cfg)
+    if cfg.remat != "none":
+        body = jax.checkpoint(body, policy=policy)
+    xs = blocks if cache is None else (blocks, cache["k"], cache["v"])
+    if cfg.scan_layers:
+        x, ys = jax.lax.scan(body, x, xs)
+    else:
+        outs = []
+        for i in range(cfg.n_layer):
+            x, y = body(x, jax.tree.map(lambda a: a[i], xs))
+            outs.append(y)
+        ys = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *outs)
+    new_cache = None
+    if cache is not None:
+        lengths = jnp.full((B,), T, jnp.int32) if lengths_B is None else lengths_B.astype(jnp.int32)
+        new_cache = {"k": ys[0], "v": ys[1], "pos": cache["pos"] + lengths}
+    return rms_norm(x), new_cache
+
+
+def logits_from_hidden(params: Params, h_BxTxD, cfg: ModelConfig):
+    logits = jnp.dot(h_BxTxD, params["lm_head"].astype(h_BxTxD.dtype), preferred_element_type=jnp.float32)
+    return cfg.softcap * jnp.tanh(logits / cfg.softcap)
+
+
+def forward(params: Params, tokens_BxT, cfg: ModelConfig, *, cache=None, lengths_B=None):
+    """Logits [B, T, V] (float32, soft-capped). With a cache, returns (logits, new_cache)."""
+    h, new_cache = hidden_states(params, tokens_BxT, cfg, cache=cache, lengths_B=lengths_B)
+    logits = logits_from_hidden(params, h, cfg)
+    return logits if cache is None else (logits, new_cache)
+
+
+def token_nll(params: Params, tokens_BxT, targets_BxT, cfg: ModelConfig):
+    """Per-token negative log-likelihood [B, T] (float32); positions with target < 0 give 0.
+
+    The loss is logsumexp(capped logits) − capped gold logit, written out by hand: optax's integer-label
+    cross-entropy behind the tanh soft-cap was ~3× slower in the backward pass on CPU. With
+    `cfg.loss_chunk > 0` the lm_head, soft-cap and logsumexp run over chunks of tokens under remat, so the
+    full [B·T, V] float32 logits never exist at once (65,536-vocab presets on GPU)."""
+    h, _ = hidden_states(params, tokens_BxT, cfg)
+    B, T, D = h.shape
+    w = params["lm_head"].astype(h.dtype)
+
+    def chunk_nll(h_NxD, t_N):
+        z = jnp.dot(h_NxD, w, preferred_element_type=jnp.float32)
+        z = cfg.softcap * jnp.tanh(z / cfg.softcap)
+        lse = jax.nn.logsumexp(z, axis=-1)
+        gold = jnp.take_along_axis(z, jnp.maximum(t_N, 0)[:, None], axis=-1)[:, 0]
+        return jnp.where(t_N >= 0, lse - gold, 0.0)
+
+    h_NxD, t_N = h.reshape(B * T, D), targets_BxT.reshape(B * T)
+    n = cfg.loss_chunk
+    if n <= 0 or n >= B * T:
+        return chunk_nll(h_NxD, t_N).reshape(B, T)
+    pad = (-(B * T)) % n
+    h_NxD = jnp.pad(h_NxD, ((0, pad), (0, 0)))
+    t_N = jnp.pad(t_N, (0, pad), constant_values=-1)
+    chunks = jax.lax.map(jax.checkpoint(lambda a: chunk_nll(*a)), (h_NxD.reshape(-1, n, D), t_N.reshape(-1, n)))
+    return chunks.reshape(-1)[: B * T].reshape(B, T)
+
+
+def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None):
+    """An empty KV cache pytree: {"k", "v": zeros [L, B, S, K, Dh], "pos": zeros [B] int32}."""
+    dtype = jnp.dtype(dtype or cfg.compute_dtype)
+    shape = (cfg.n_layer, batch, max_len, cfg.kv_heads, cfg.head_dim)
+    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype), "pos": jnp.zeros((batch,), jnp.int32)}

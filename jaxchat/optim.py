@@ -1,0 +1,147 @@
+"""Optimizer: Muon for the transformer-block matrices, AdamW for the embedding and the lm_head (nanochat V1).
+
+| group  | params            | rule                                                             |
+|--------|-------------------|------------------------------------------------------------------|
+| muon   | blocks.* (stacked [L, in, out]; each layer's matrix separately) | optax.contrib.scale_by_muon (Nesterov, 5 NS steps (3.4445, −4.7750, 2.0315)), × sqrt(max(1, out/in)), lr 0.02 |
+| embed  | wte               | AdamW lr 0.2 × (width/768)^-0.5, betas (0.8, 0.95), eps 1e-10      |
+| head   | lm_head           | AdamW lr 0.004 × (width/768)^-0.5, same betas/eps                  |
+
+Every learning rate is × `init_lr_frac` × the schedule multiplier (warmup, constant, linear warmdown to
+`final_lr_frac`). Muon's momentum goes 0.85 → 0.95 over the first 300 steps (a schedule inside the optimizer
+state via `inject_hyperparams`, so the update is a pure function of (grads, state)).
+
+Difference from nanochat V1, kept on purpose: optax's Nesterov momentum applies Adam-style bias correction
+(nanochat's does not). Newton–Schulz normalises the update's scale, so only the first few steps' mix of
+gradient and momentum differs slightly.
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import optax
+from optax.contrib import MuonDimensionNumbers, scale_by_muon
+
+from jaxchat.config import ModelConfig, TrainConfig
+
+NS_COEFFS = (3.4445, -4.7750, 2.0315)
+NS_STEPS = 5
+NS_EPS = 1e-7
+# Stacked block matrices are [L, in, out]: reduce over `in`, output `out`, vmap over L.
+BLOCK_DIMS = MuonDimensionNumbers(reduction_axis=1, output_axis=2)
+
+
+def _block_dims(updates):
+    return jax.tree.map(lambda _: BLOCK_DIMS, updates)
+
+
+def param_labels(params) -> dict:
+    """'muon' for every block matrix, 'embed' for wte, 'head' for lm_head."""
+    return {
+        "wte": "embed",
+        "lm_head": "head",
+        "blocks": jax.tree.map(lambda _: "muon", params["blocks"]),
+    }
+
+
+def lr_multiplier(step, num_iterations: int, warmup_ratio: float, warmdown_ratio: float, final_lr_frac: float):
+    """nanochat's schedule: linear warmup, constant, then linear warmdown to final_lr_frac at the last step.
+    Works on Python ints and traced arrays alike."""
+    n = max(int(num_iterations), 1)
+    warmup = round(warmup_ratio * n)
+    warmdown = round(warmdown_ratio * n)
+    step = jnp.asarray(step, jnp.float32)
+    up = (step + 1) / max(warmup, 1)
+    progress = (n - step) / max(warmdown, 1)
+    down = progress * 1.0 + (1 - progress) * final_lr_frac
+    mult = jnp.where(step < warmup, up, jnp.where(step <= n - warmdown, 1.0, down))
+    return mult
+
+
+def muon_momentum(step, start: float, end: float, warmup_steps: int):
+    frac = jnp.minimum(jnp.asarray(step, jnp.float32) / max(warmup_steps, 1), 1.0)
+    return (1 - frac) * start + frac * end
+
+
+def _scale_by_width():
+    """Keller Jordan's width scaling sqrt(max(1, fan_out / fan_in)) per [in, out] matrix (nanochat's
+    sqrt(max(1, rows/cols)) with torch's [out, in] layout)."""
+
+    def update(updates, state, params=None):
+        del params
+        return jax.tree.map(lambda u: u * math.sqrt(max(1.0, u.shape[-1] / u.shape[-2])), updates), state
+
+    return optax.GradientTransformation(optax.init_empty_state, update)
+
+
+def make_optimizer(model_cfg: ModelConfig, cfg: TrainConfig, num_iterations: int) -> optax.GradientTransformation:
+    """The full optimizer for a stage: partition into muon / embed / head, each with its LR schedule."""
+    dscale = (model_cfg.n_embd / 768) ** -0.5
+
+    def schedule(base_lr):
+        def lr(count):
+            m = lr_multiplier(count, num_iterations, cfg.warmup_ratio, cfg.warmdown_ratio, cfg.final_lr_frac)
+            return base_lr * cfg.init_lr_frac * m
+
+        return lr
+
+    beta = lambda count: muon_momentum(  # noqa: E731
+        count, cfg.muon_momentum_start, cfg.muon_momentum_end, cfg.muon_momentum_warmup)
+    muon = optax.chain(
+        optax.inject_hyperparams(scale_by_muon, static_args=("ns_coeffs", "ns_steps", "weight_dimension_numbers",
+                                                             "nesterov", "mu_dtype"))(
+            ns_coeffs=NS_COEFFS, ns_steps=NS_STEPS, beta=beta, eps=NS_EPS, nesterov=True,
+            weight_dimension_numbers=_block_dims, mu_dtype=jnp.float32),
+        _scale_by_width(),
+        optax.scale_by_learning_rate(schedule(cfg.matrix_lr)),
+    )
+
+    def adamw(base_lr):
+        return optax.adamw(schedule(base_lr * dscale), b1=0.8, b2=0.95, eps=1e-10, weight_decay=cfg.weight_decay)
+
+    tx = optax.partition({"muon": muon, "embed": adamw(cfg.embedding_lr), "head": adamw(cfg.unembedding_lr)},
+                         param_labels)
+    if cfg.grad_clip and cfg.grad_clip > 0:
+        tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), tx)
+    return tx
+
+
+def opt_state_shardings(tx, params_shapes, param_shardings, replicated):
+    """Shardings for the optimizer state: every leaf that mirrors a param takes that param's sharding (from
+    the rules table); counters and other scalars are replicated."""
+    abstract = jax.eval_shape(tx.init, params_shapes)
+    # A state leaf mirrors a param when its key path ends with that param's path and the shapes agree
+    # (Muon's momentum, Adam's mu/nu); optax's own wrappers (partition, inject_hyperparams) only add prefixes.
+    by_path = {}
+    for (path, s), sh in zip(jax.tree_util.tree_flatten_with_path(params_shapes)[0], jax.tree.leaves(param_shardings)):
+        by_path[_path_names(path)] = (tuple(s.shape), sh)
+
+    def pick(path, leaf):
+        names = _path_names(path)
+        for n in range(len(names), 0, -1):
+            hit = by_path.get(names[-n:])
+            if hit is not None and hit[0] == tuple(leaf.shape):
+                return hit[1]
+        return replicated
+
+    return jax.tree_util.tree_map_with_path(pick, abstract)
+
+
+def _path_names(path) -> tuple:
+    out = []
+    for k in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(k, attr):
+                out.append(getattr(k, attr))
+                break
+    return tuple(out)
+
+
+def current_lrs(opt_state) -> dict:
+    """Best-effort read-back of the Muon momentum from the state (for logging)."""
+    out = {}
+    for leaf in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, optax.InjectHyperparamsState)):
+        if isinstance(leaf, optax.InjectHyperparamsState) and "beta" in leaf.hyperparams:
+            out["muon_momentum"] = leaf.hyperparams["beta"]
+    return out

