@@ -10,6 +10,7 @@ disambiguates a key that two of the script's sections share.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import sys
 import tomllib
@@ -366,7 +367,10 @@ def load(sections: list[str], argv: list[str] | None = None, *, extra: dict[str,
             else:
                 per_section[owners[key][0]][key] = value
         else:
-            raise ConfigError(f"unknown key --{key}; valid keys: {', '.join(_valid_keys(sections, extra))}")
+            valid = _valid_keys(sections, extra)
+            hint = difflib.get_close_matches(key, valid, n=1)
+            raise ConfigError(f"unknown key --{key}" + (f" (did you mean --{hint[0]}?)" if hint else "")
+                              + f"; valid keys: {', '.join(valid)}")
     out = types.SimpleNamespace(preset=preset, extra=types.SimpleNamespace(**extras_out))
     for s in sections:
         setattr(out, s, build(SECTIONS[s], per_section[s], where=f"[{s}] "))

@@ -1,0 +1,98 @@
+"""Train the tokenizer (sentencepiece BPE, see jaxchat/tokenizer.py and tokenizer/README.md).
+
+    python -m scripts.tok_train                      # tiny preset: vocab 8192 on 20M chars of the embedded corpus
+    python -m scripts.tok_train --vocab_size=65536 --max_chars=2000000000 --source=fineweb
+
+Writes base_dir()/tokenizer/{tokenizer.model, token_bytes.npy, tok_train.json}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+
+
+def _int(x: str) -> int:
+    """Accept 20000000, 20_000_000 and 2e7."""
+    try:
+        return int(x)
+    except ValueError:
+        v = float(x)
+        if v != int(v):
+            raise argparse.ArgumentTypeError(f"not an integer: {x}")
+        return int(v)
+
+
+def _opt_int(x: str) -> int | None:
+    return None if x.lower() in ("none", "null", "-1", "0") else _int(x)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Train the jaxchat tokenizer (sentencepiece BPE).")
+    p.add_argument("--vocab_size", type=_int, default=8192, help="total vocabulary incl. specials and byte pieces")
+    p.add_argument("--max_chars", type=_int, default=20_000_000, help="characters of text to train on")
+    p.add_argument("--doc_cap", type=_opt_int, default=10_000, help="truncate each document to this many chars")
+    p.add_argument("--source", type=str, default="embedded", help="corpus source for jaxchat.corpus.iter_documents")
+    p.add_argument("--num_threads", type=_opt_int, default=None, help="sentencepiece threads (default: all cores)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    from jaxchat.common import print0
+    from jaxchat.corpus import iter_documents  # lazy: the corpus module may pull optional deps
+    from jaxchat.tokenizer import SPECIAL_TOKENS, TOKEN_BYTES_FILENAME, TOKENIZER_FILENAME, default_tokenizer_dir, train_tokenizer
+
+    print0(f"tok_train: vocab_size={args.vocab_size:,} max_chars={args.max_chars:,} doc_cap={args.doc_cap} "
+           f"source={args.source}")
+    t0 = time.time()
+    texts = iter_documents(args.source, "train", max_chars=args.max_chars, doc_cap=args.doc_cap)
+    tok = train_tokenizer(texts, args.vocab_size, max_chars=args.max_chars, doc_cap=args.doc_cap,
+                          num_threads=args.num_threads)
+    train_time = time.time() - t0  # includes reading the corpus
+    info = tok.train_info or {}
+    print0(f"trained on {info.get('chars', 0):,} chars ({info.get('documents', 0):,} documents) "
+           f"in {train_time:.2f}s (reading the corpus included)")
+
+    out_dir = default_tokenizer_dir()
+    model_path = tok.save(out_dir / TOKENIZER_FILENAME)
+    token_bytes = tok.token_bytes()
+    np.save(out_dir / TOKEN_BYTES_FILENAME, token_bytes)
+
+    # sanity: round trip, specials are single ids that plain text cannot produce
+    sample = "Hello world! def f(x):\n\treturn x ** 2  # 12345 \u2581 h\u00e9llo \U0001F600 <|assistant_end|>\r\n"
+    ids = tok.encode(sample)
+    assert tok.decode(ids) == sample, "round trip failed"
+    assert not set(ids) & set(tok.special_ids.values()), "plain text produced a special token"
+    assert int(token_bytes[ids].sum()) == len(sample.encode("utf-8")), "token_bytes disagree with the text"
+    print0(f"round trip OK: {len(sample.encode('utf-8'))} bytes -> {len(ids)} tokens")
+    print0("specials: " + ", ".join(f"{s}={tok.special_ids[s]}" for s in SPECIAL_TOKENS))
+
+    nz = token_bytes[token_bytes > 0]
+    summary = {
+        "vocab_size": tok.vocab_size,
+        "source": args.source,
+        "max_chars": args.max_chars,
+        "doc_cap": args.doc_cap,
+        "train_chars": info.get("chars"),
+        "train_documents": info.get("documents"),
+        "train_time_s": round(train_time, 3),
+        "num_special_tokens": len(SPECIAL_TOKENS),
+        "special_ids": tok.special_ids,
+        "token_bytes_min": int(nz.min()),
+        "token_bytes_max": int(nz.max()),
+        "token_bytes_mean": round(float(nz.mean()), 3),
+        "token_bytes_std": round(float(nz.std()), 3),
+        "model_path": str(model_path),
+    }
+    (out_dir / "tok_train.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print0(f"token_bytes (non-special): min {summary['token_bytes_min']} max {summary['token_bytes_max']} "
+           f"mean {summary['token_bytes_mean']} std {summary['token_bytes_std']}")
+    print0(f"saved {model_path}, {out_dir / TOKEN_BYTES_FILENAME}, {out_dir / 'tok_train.json'}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
