@@ -12,6 +12,14 @@ from jaxchat.config import ModelConfig
 TINY = ModelConfig(depth=2, vocab_size=97, max_seq_len=32, aspect_ratio=32, head_dim_target=16)  # D=64, H=4
 
 
+def fwd(params, tokens, cfg, **kw):
+    """gpt.forward under jit (eager op-by-op dispatch would compile every primitive separately)."""
+    return _jit_forward(params, tokens, cfg, **kw)
+
+
+_jit_forward = jax.jit(gpt.forward, static_argnums=2)
+
+
 def random_params(cfg, seed=0, scale=1.0):
     """Non-zero everywhere (nanochat zero-inits lm_head and the output projections, which would hide bugs)."""
     shapes = gpt.param_shapes(cfg)
@@ -80,7 +88,7 @@ def test_nanochat_param_counts_and_flops():
 
 def test_init_matches_nanochat():
     cfg = ModelConfig(depth=2, vocab_size=512, max_seq_len=16)
-    p = gpt.init_params(cfg, jax.random.key(0))
+    p = jax.jit(lambda k: gpt.init_params(cfg, k))(jax.random.key(0))
     for name in ("lm_head",):
         assert float(jnp.abs(p[name]).max()) == 0.0
     for name in ("wo", "w_proj"):
@@ -97,13 +105,13 @@ def test_forward_matches_numpy_reference(n_kv_head):
     p = random_params(cfg)
     tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 12))
     ref = np_forward(p, tokens, cfg)
-    out = np.asarray(gpt.forward(p, jnp.asarray(tokens), cfg))
+    out = np.asarray(fwd(p, jnp.asarray(tokens), cfg))
     np.testing.assert_allclose(out, ref, rtol=2e-4, atol=2e-4)
     assert np.abs(out).max() <= cfg.softcap
     # scan over layers and remat compute the same function
     for variant in ({"scan_layers": True}, {"remat": "full"}, {"remat": "minimal", "scan_layers": True}):
         c2 = ModelConfig(**{**cfg.__dict__, **variant})
-        np.testing.assert_allclose(np.asarray(gpt.forward(p, jnp.asarray(tokens), c2)), out, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(fwd(p, jnp.asarray(tokens), c2)), out, rtol=1e-5, atol=1e-5)
 
 
 def test_future_tokens_never_change_past_logits():
@@ -112,14 +120,14 @@ def test_future_tokens_never_change_past_logits():
     a = rng.integers(0, TINY.vocab_size, (1, 16))
     b = a.copy()
     b[0, 9:] = rng.integers(0, TINY.vocab_size, 7)
-    la, lb = gpt.forward(p, jnp.asarray(a), TINY), gpt.forward(p, jnp.asarray(b), TINY)
+    la, lb = fwd(p, jnp.asarray(a), TINY), fwd(p, jnp.asarray(b), TINY)
     np.testing.assert_array_equal(np.asarray(la[0, :9]), np.asarray(lb[0, :9]))
     assert not np.allclose(np.asarray(la[0, 9:]), np.asarray(lb[0, 9:]))
 
 
 def test_logits_are_softcapped():
     p = random_params(TINY, seed=2, scale=30.0)
-    out = gpt.forward(p, jnp.arange(16)[None] % TINY.vocab_size, TINY)
+    out = fwd(p, jnp.arange(16)[None] % TINY.vocab_size, TINY)
     assert float(jnp.abs(out).max()) <= 15.0
     assert float(jnp.abs(out).max()) > 14.0  # the cap is actually reached with huge weights
 
@@ -129,12 +137,12 @@ def test_cache_contract_prefix_then_token(scan):
     cfg = ModelConfig(**{**TINY.__dict__, "scan_layers": scan})
     p = random_params(cfg, seed=3)
     seq = jnp.asarray(np.random.default_rng(3).integers(0, cfg.vocab_size, (2, 11)))
-    full = gpt.forward(p, seq, cfg)
+    full = fwd(p, seq, cfg)
     cache = gpt.init_cache(cfg, batch=2, max_len=16)
-    logits_pre, cache = gpt.forward(p, seq[:, :10], cfg, cache=cache)
+    logits_pre, cache = fwd(p, seq[:, :10], cfg, cache=cache)
     np.testing.assert_allclose(np.asarray(logits_pre), np.asarray(full[:, :10]), rtol=1e-5, atol=1e-5)
     assert cache["pos"].tolist() == [10, 10]
-    logits_one, cache = gpt.forward(p, seq[:, 10:11], cfg, cache=cache)
+    logits_one, cache = fwd(p, seq[:, 10:11], cfg, cache=cache)
     np.testing.assert_allclose(np.asarray(logits_one[:, 0]), np.asarray(full[:, 10]), rtol=1e-5, atol=1e-5)
     assert cache["pos"].tolist() == [11, 11]
 
@@ -151,11 +159,11 @@ def test_ragged_prefill_with_lengths_reads_the_right_positions():
         padded[i, : len(r)] = r
     cache = gpt.init_cache(TINY, batch=2, max_len=16)
     lens = jnp.asarray([5, 9])
-    logits, cache = gpt.forward(p, jnp.asarray(padded), TINY, cache=cache, lengths_B=lens)
+    logits, cache = fwd(p, jnp.asarray(padded), TINY, cache=cache, lengths_B=lens)
     assert cache["pos"].tolist() == [5, 9]
-    step_logits, cache = gpt.forward(p, jnp.asarray(nxt)[:, None], TINY, cache=cache)
+    step_logits, cache = fwd(p, jnp.asarray(nxt)[:, None], TINY, cache=cache)
     for i, r in enumerate(rows):
-        ref = gpt.forward(p, jnp.asarray(np.r_[r, nxt[i]])[None], TINY)[0]
+        ref = fwd(p, jnp.asarray(np.r_[r, nxt[i]])[None], TINY)[0]
         np.testing.assert_allclose(np.asarray(logits[i, len(r) - 1]), np.asarray(ref[len(r) - 1]), rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(np.asarray(step_logits[i, 0]), np.asarray(ref[len(r)]), rtol=1e-5, atol=1e-5)
 
@@ -172,15 +180,17 @@ def test_chunked_loss_equals_full_loss_and_grads():
     def loss(params, cfg):
         return jnp.sum(gpt.token_nll(params, x, y, cfg))
 
-    l1, g1 = jax.value_and_grad(loss)(p, TINY)
-    l2, g2 = jax.value_and_grad(loss)(p, chunked)
+    vg = jax.jit(jax.value_and_grad(loss), static_argnums=1)
+    l1, g1 = vg(p, TINY)
+    l2, g2 = vg(p, chunked)
     np.testing.assert_allclose(float(l1), float(l2), rtol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6), g1, g2)
     # and the loss is the textbook cross-entropy of the soft-capped logits; ignored targets contribute 0
-    logits = gpt.forward(p, x, TINY)
-    ref = -jax.nn.log_softmax(logits)[jnp.arange(3)[:, None], jnp.arange(10)[None], jnp.maximum(y, 0)]
+    logits = fwd(p, x, TINY)
+    ref = -jax.nn.log_softmax(np.asarray(logits))[jnp.arange(3)[:, None], jnp.arange(10)[None], jnp.maximum(y, 0)]
     ref = jnp.where(y >= 0, ref, 0.0)
-    np.testing.assert_allclose(np.asarray(gpt.token_nll(p, x, y, TINY)), np.asarray(ref), rtol=1e-5, atol=1e-6)
+    nll = jax.jit(gpt.token_nll, static_argnums=3)(p, x, y, TINY)
+    np.testing.assert_allclose(np.asarray(nll), np.asarray(ref), rtol=1e-5, atol=1e-6)
 
 
 def test_nnx_module_and_pure_functions_agree():
@@ -190,6 +200,6 @@ def test_nnx_module_and_pure_functions_agree():
     p = gpt.init_params(TINY, jax.random.key(7))
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), m.params(), p)
     tokens = jnp.arange(8)[None]
-    np.testing.assert_array_equal(np.asarray(m(tokens)), np.asarray(gpt.forward(p, tokens, TINY)))
+    np.testing.assert_allclose(np.asarray(m(tokens)), np.asarray(fwd(p, tokens, TINY)), rtol=1e-5, atol=1e-5)
     axes = gpt.param_axes(TINY)
     assert axes["wte"] == ("vocab", "embed") and axes["blocks"]["w_fc"] == ("layers", "embed", "mlp")
