@@ -62,7 +62,7 @@ class GPT(nnx.Module):
         )
 
     def params(self) -> Params:
-        return nnx.state(self, nnx.Param).to_pure_dict()
+        return nnx.to_pure_dict(nnx.state(self, nnx.Param))
 
     def __call__(self, tokens_BxT, cache=None, lengths_B=None):
         return forward(self.params(), tokens_BxT, self.cfg, cache=cache, lengths_B=lengths_B)
@@ -78,7 +78,7 @@ def param_axes(cfg: ModelConfig) -> dict:
     abstract = nnx.eval_shape(lambda: GPT(cfg, rngs=nnx.Rngs(0)))
     state = nnx.state(abstract, nnx.Param)
     axes = jax.tree.map(lambda v: v.get_metadata()["axes"], state, is_leaf=lambda x: isinstance(x, nnx.Variable))
-    return axes.to_pure_dict()
+    return nnx.to_pure_dict(axes)
 
 
 def param_shapes(cfg: ModelConfig) -> Params:

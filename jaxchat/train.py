@@ -96,7 +96,7 @@ def train_step(state, batch, *, tx, model_cfg: ModelConfig):
     loss, mean_nll, grads = loss_and_grads(state["params"], batch, model_cfg)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    metrics = {"loss": loss, "nll": mean_nll, "grad_norm": optax.global_norm(grads)}
+    metrics = {"loss": loss, "nll": mean_nll, "grad_norm": optax.tree.norm(grads)}
     return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
 
 
