@@ -205,3 +205,138 @@ def now() -> float:
 
 def to_host(tree):
     return jax.tree.map(lambda x: np.asarray(x).item() if np.ndim(x) == 0 else np.asarray(x), jax.device_get(tree))
+
+
+# ----------------------------------------------------------------------------------------------------
+# The loop
+
+
+@dataclass
+class Loop:
+    """Everything a stage hands the shared loop. `batches` yields host numpy batches [A, B_local, T] and (for
+    exact resume) has get_state/set_state; `evaluate(state, step)` / `sample(state, step)` return dicts that
+    are logged; `meta()` returns the JSON-able configs stored with every checkpoint."""
+
+    setup: Setup
+    batches: Any
+    name: str
+    tokens_per_step: int
+    checkpoints: Any = None  # jaxchat.checkpoint.Checkpoints
+    log: Any = None  # jaxchat.common.JsonlLog
+    evaluate: Callable | None = None
+    eval_every: int = -1
+    sample: Callable | None = None
+    sample_every: int = -1
+    save_every: int = -1
+    meta: Callable[[], dict] = dict
+    resume: bool = False
+    save_optimizer: bool = True
+    save_data_state: bool = True
+    flops_per_token: float | None = None
+    extra_metrics: Callable[[dict, int], dict] | None = None  # per-step host-side additions
+
+
+def _due(step: int, every: int, last: bool) -> bool:
+    return last or (every > 0 and step > 0 and step % every == 0)
+
+
+def run(loop: Loop) -> tuple[dict, dict]:
+    """Train for setup.num_iterations steps with evaluation, sampling, checkpointing and exact resume.
+    Returns (final state, summary dict)."""
+    import sys
+
+    from tqdm import tqdm
+
+    from jaxchat.checkpoint import abstract_like
+    from jaxchat.common import print0
+
+    setup, n = loop.setup, loop.setup.num_iterations
+    step_fn = jit_train_step(setup)
+    state = setup.state
+    start, elapsed, ema, summary = 0, 0.0, None, {}
+    ck = loop.checkpoints
+    if loop.resume and ck is not None and ck.latest_step() is not None:
+        abstract_opt = abstract_like(state["opt_state"], setup.state_shardings["opt_state"])
+        items, meta = ck.restore(
+            abstract_params=abstract_like(state["params"], setup.state_shardings["params"]),
+            abstract_opt_state=abstract_opt,
+            data=loop.batches if loop.save_data_state else None,
+            expect_model=meta_model(setup.model_cfg))
+        start = int(meta["step"])
+        state = {"step": jax.device_put(jnp.asarray(start, jnp.int32), setup.state_shardings["step"]),
+                 "params": items["params"], "opt_state": items["opt_state"]}
+        loop_state = meta.get("loop", {})
+        elapsed, ema, summary = loop_state.get("elapsed", 0.0), loop_state.get("ema"), loop_state.get("summary", {})
+        ck.delete_after(start)
+        print0(f"[{loop.name}] resumed from {ck.directory}/{start} (step {start}/{n})")
+    fpt = loop.flops_per_token if loop.flops_per_token is not None else gpt.flops_per_token(setup.model_cfg)
+    tput = Throughput(loop.tokens_per_step, fpt, setup.mesh.size)
+    tty = sys.stderr.isatty()
+    bar = tqdm(total=n, initial=start, desc=loop.name, disable=not tty, dynamic_ncols=True)
+    print_every = max(1, n // 40)
+    log = loop.log
+    for step in range(start, n + 1):
+        last = step == n
+        if loop.evaluate and _due(step, loop.eval_every, last):
+            res = loop.evaluate(state, step)
+            summary.update({f"{k}": v for k, v in res.items()})
+            if log:
+                log.write(kind="eval", step=step, **res)
+            print0(f"[{loop.name}] step {step}/{n} " + " ".join(f"{k} {_fmt(v)}" for k, v in res.items()))
+        if loop.sample and _due(step, loop.sample_every, last):
+            res = loop.sample(state, step) or {}
+            if log and res:
+                log.write(kind="sample", step=step, **res)
+        if ck is not None and (_due(step, loop.save_every, last) and step > start):
+            ck.save(step, params=state["params"], opt_state=state["opt_state"] if loop.save_optimizer else None,
+                    data=loop.batches if loop.save_data_state else None,
+                    meta={**loop.meta(), "model": meta_model(setup.model_cfg),
+                          "loop": {"elapsed": elapsed, "ema": ema, "summary": summary}})
+        if last:
+            break
+        t0 = now()
+        batch = put_batch(setup, next(loop.batches))
+        state, metrics = step_fn(state, batch)
+        metrics = to_host(metrics)
+        dt = now() - t0
+        if step > start:  # the first step after (re)start includes compilation
+            elapsed += dt
+        perf = tput.step(dt)
+        ema = metrics["loss"] if ema is None else 0.9 * ema + 0.1 * metrics["loss"]
+        debiased = ema / (1 - 0.9 ** (step - start + 1))
+        record = {"kind": "train", "step": step, **metrics, "ema_loss": debiased, **perf,
+                  "lr_mult": float(_lr_mult(setup, step)), "elapsed": elapsed}
+        if loop.extra_metrics:
+            record.update(loop.extra_metrics(metrics, step))
+        if log:
+            log.write(**record)
+        eta = tput.eta(n - step - 1)
+        post = {"loss": f"{metrics['loss']:.3f}", "tok/s": f"{perf['tok_per_sec']:,.0f}", "eta": format_seconds(eta)}
+        if "mfu" in perf:
+            post["mfu"] = f"{100 * perf['mfu']:.1f}%"
+        bar.set_postfix(post, refresh=False)
+        bar.update(1)
+        if not tty and (step % print_every == 0 or step == n - 1):
+            print0(f"[{loop.name}] step {step + 1}/{n} " + " ".join(f"{k} {v}" for k, v in post.items()))
+    bar.close()
+    if ck is not None:
+        ck.wait()
+    summary.update({"steps": n, "train_time_s": elapsed, "final_loss": ema})
+    return state, summary
+
+
+def _lr_mult(setup: Setup, step: int) -> float:
+    from jaxchat.optim import lr_multiplier
+
+    tc = setup.train_cfg
+    return float(lr_multiplier(step, setup.num_iterations, tc.warmup_ratio, tc.warmdown_ratio, tc.final_lr_frac))
+
+
+def _fmt(v):
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def meta_model(model_cfg: ModelConfig) -> dict:
+    import dataclasses
+
+    return dataclasses.asdict(model_cfg)
