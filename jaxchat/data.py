@@ -42,7 +42,8 @@ def _grain():
 
 def block_dataset(blocks: Sequence, tokenize: Callable[[list], list], *, seed: int, shuffle: bool = True,
                   repeat: bool = True, process_index: int = 0, process_count: int = 1):
-    """A grain MapDataset of tokenized blocks (each a list of int32 arrays) for this process."""
+    """A grain MapDataset of tokenized blocks (each a list of int32 arrays) for this process: blocks in a
+    seeded order reshuffled every epoch, documents shuffled within each block."""
     grain = _grain()
     ds = grain.MapDataset.source(blocks)
     if shuffle:
@@ -51,6 +52,8 @@ def block_dataset(blocks: Sequence, tokenize: Callable[[list], list], *, seed: i
         ds = ds.repeat(None)
     if process_count > 1:
         ds = ds[process_index::process_count]
+    if shuffle:  # also shuffle documents inside each block (matters for small corpora with few blocks)
+        ds = ds.random_map(lambda block, rng: [block[i] for i in rng.permutation(len(block))])
     return ds.map(tokenize)
 
 

@@ -1,0 +1,77 @@
+"""What every stage script does around the shared loop: distributed init, mesh, tokenizer, batch arithmetic,
+checkpoint folders, logs, and the stage summary the report reads. Kept here so the scripts stay short."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+
+from jaxchat import sharding as shd
+from jaxchat.checkpoint import STAGE_DIRS
+from jaxchat.common import JsonlLog, base_dir, print0
+
+SAMPLE_PROMPTS = [
+    "The capital of France is",
+    "The chemical symbol of gold is",
+    "If yesterday was Friday, then tomorrow will be",
+    "The opposite of hot is",
+    "The planets of the solar system are:",
+    "My favorite color is",
+    "If 5*x + 3 = 13, then x is",
+    "def fibonacci(n):",
+]
+
+
+@dataclass
+class Context:
+    mesh: object
+    n_devices: int
+    process_index: int
+    process_count: int
+
+
+def init(mesh_cfg) -> Context:
+    shd.maybe_initialize_distributed()
+    mesh = shd.make_mesh(mesh_cfg)
+    return Context(mesh, mesh.size, jax.process_index(), jax.process_count())
+
+
+def model_tag(tag: str, model_cfg) -> str:
+    return tag or f"d{model_cfg.depth}"
+
+
+def out_dir(stage: str, tag: str) -> Path:
+    d = base_dir() / STAGE_DIRS[stage] / tag
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def logger(stage: str, tag: str, resume: bool) -> JsonlLog:
+    path = out_dir(stage, tag) / "log.jsonl"
+    if not resume and path.exists() and jax.process_index() == 0:
+        path.unlink()
+    return JsonlLog(path)
+
+
+def write_summary(stage: str, tag: str, summary: dict) -> Path:
+    """`<stage dir>/summary.json`: the figures the report shows for this stage."""
+    path = out_dir(stage, tag) / "summary.json"
+    if jax.process_index() == 0:
+        path.write_text(json.dumps({"stage": stage, "model_tag": tag, "finished": time.time(), **summary},
+                                   indent=2, default=float))
+    return path
+
+
+def rows_per_process(device_batch_size: int, ctx: Context) -> tuple[int, int]:
+    """(global rows, this process's rows) for one micro-step."""
+    rows = device_batch_size * ctx.n_devices
+    if rows % ctx.process_count:
+        raise ValueError(f"{rows} rows cannot be split over {ctx.process_count} processes")
+    return rows, rows // ctx.process_count
+
+
+def banner(name: str, **items) -> None:
+    print0(f"[{name}] " + " | ".join(f"{k}: {v}" for k, v in items.items()))

@@ -1,0 +1,92 @@
+"""Pretrain the base model (nanochat's base_train.py).
+
+    python -m scripts.base_train                       # tiny preset: embedded corpus, CPU
+    python -m scripts.base_train --preset d20          # 8xH100: FineWeb-edu, 21,400 steps of 524,288 tokens
+    python -m scripts.base_train --resume              # continue exactly from the last checkpoint
+    python -m scripts.base_train --depth=6 --num_iterations=500 --packing=bos_bestfit
+
+Model from --depth; device batch × devices × accumulation = --total_batch_size tokens per step; horizon
+--num_iterations > --target_flops > --target_param_data_ratio (20). Logs to <base_dir>/base_checkpoints/<tag>/.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import jax
+import numpy as np
+
+from jaxchat import config as C
+from jaxchat import data, evaluate, stage, train
+from jaxchat import model as gpt
+from jaxchat.checkpoint import Checkpoints
+from jaxchat.common import print0
+from jaxchat.engine import Engine
+from jaxchat.tokenizer import Tokenizer
+
+
+def main(argv=None):
+    cfg = C.load(["model", "mesh", "base"], argv, extra={"dry_run": False})
+    ctx = stage.init(cfg.mesh)
+    tc: C.BaseConfig = cfg.base
+    tok = Tokenizer.load()
+    mc = cfg.model
+    if tok.vocab_size != mc.vocab_size:
+        print0(f"[base_train] vocab_size {mc.vocab_size} -> {tok.vocab_size} (the trained tokenizer's)")
+        mc = dataclasses.replace(mc, vocab_size=tok.vocab_size)
+    T = mc.max_seq_len
+    rows, local_rows = stage.rows_per_process(tc.device_batch_size, ctx)
+    accum = train.grad_accum_steps(tc.total_batch_size, tc.device_batch_size, T, ctx.n_devices)
+    tokens_per_step = accum * rows * T
+    n_iter, why = train.horizon(mc, tc, tokens_per_step)
+    tag = stage.model_tag(tc.model_tag, mc)
+    stage.banner("base_train", model=f"d{mc.depth} ({gpt.num_params(mc):,} params)", devices=ctx.n_devices,
+                 batch=f"{accum} x {rows} x {T} = {tokens_per_step:,} tokens/step", steps=f"{n_iter:,} ({why})",
+                 tokens=f"{n_iter * tokens_per_step:,}", flops=f"{gpt.flops_per_token(mc) * tokens_per_step * n_iter:.3e}")
+    if cfg.extra.dry_run:
+        return {"steps": n_iter, "tokens_per_step": tokens_per_step, "accum": accum}
+
+    batches = data.pretrain_batches(tc.source, "train", tok, rows=local_rows, seq_len=T, accum=accum, seed=tc.seed,
+                                    packing=tc.packing, process_index=ctx.process_index,
+                                    process_count=ctx.process_count)
+    val_rows = data.eval_rows(tc.source, "val", tok, seq_len=T, max_tokens=tc.eval_tokens)
+    token_bytes = tok.token_bytes()
+    setup = train.create_train_state(mc, tc, ctx.mesh, n_iter)
+    out = stage.out_dir("base", tag)
+    ck = Checkpoints(out, keep=tc.keep_checkpoints)
+    log = stage.logger("base", tag, tc.resume)
+
+    def evaluate_fn(state, step):
+        s = evaluate.loss_stats(state["params"], val_rows, token_bytes, mc, ctx.mesh, batch_rows=rows)
+        return {"val_bpb": s["bpb"], "val_loss": s["loss"]}
+
+    def sample_fn(state, step):
+        eng = Engine(state["params"], mc, tok, mesh=ctx.mesh)
+        prompts = [tok.encode(p, prepend=tok.bos_id) for p in stage.SAMPLE_PROMPTS]
+        seqs, _ = eng.generate_batch(prompts, max_tokens=16, temperature=0.0, use_tools=False)
+        samples = {p: tok.decode(s) for p, s in zip(stage.SAMPLE_PROMPTS, seqs)}
+        for p, s in samples.items():
+            print0(f"    {p!r} -> {s!r}")
+        return {"samples": samples}
+
+    loop = train.Loop(
+        setup=setup, batches=batches, name="base_train", tokens_per_step=tokens_per_step, checkpoints=ck, log=log,
+        evaluate=evaluate_fn, eval_every=tc.eval_every, sample=sample_fn, sample_every=tc.sample_every,
+        save_every=tc.save_every, resume=tc.resume,
+        meta=lambda: {"stage": "base", "train": dataclasses.asdict(tc), "preset": cfg.preset,
+                      "tokenizer_vocab": tok.vocab_size})
+    t0 = time.time()
+    state, summary = train.run(loop)
+    val = evaluate_fn(state, n_iter)
+    summary.update(val, wall_time_s=time.time() - t0, params=gpt.num_params(mc), tokens=n_iter * tokens_per_step,
+                   tokens_per_step=tokens_per_step, tok_per_sec=n_iter * tokens_per_step / max(summary["train_time_s"], 1e-9),
+                   flops_per_token=gpt.flops_per_token(mc), depth=mc.depth, preset=cfg.preset, source=tc.source)
+    stage.write_summary("base", tag, summary)
+    print0(f"[base_train] done: val bpb {val['val_bpb']:.4f}, {summary['tok_per_sec']:,.0f} tokens/s, "
+           f"{summary['train_time_s'] / 60:.1f} min of steps")
+    ck.close()
+    return summary
+
+
+if __name__ == "__main__":
+    main()
