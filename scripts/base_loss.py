@@ -13,7 +13,7 @@ import numpy as np
 from jaxchat import config as C
 from jaxchat import data, evaluate, stage
 from jaxchat.checkpoint import load_model
-from jaxchat.common import print0
+from jaxchat.common import log_section, print0
 from jaxchat.engine import Engine
 from jaxchat.tokenizer import Tokenizer
 
@@ -52,6 +52,7 @@ def main(argv=None):
     for p, s in results["samples"].items():
         print0(f"    {p!r} -> {s!r}")
     stage.write_summary("base", tag, {**_previous(tag), "base_loss": results})
+    log_section("base-model-loss", results)
     return results
 
 

@@ -20,7 +20,7 @@ from jaxchat import config as C
 from jaxchat import data, evaluate, stage, train
 from jaxchat import model as gpt
 from jaxchat.checkpoint import Checkpoints
-from jaxchat.common import print0
+from jaxchat.common import log_section, print0
 from jaxchat.engine import Engine
 from jaxchat.tokenizer import Tokenizer
 
@@ -82,6 +82,7 @@ def main(argv=None):
                    tokens_per_step=tokens_per_step, tok_per_sec=n_iter * tokens_per_step / max(summary["train_time_s"], 1e-9),
                    flops_per_token=gpt.flops_per_token(mc), depth=mc.depth, preset=cfg.preset, source=tc.source)
     stage.write_summary("base", tag, summary)
+    log_section("base-model-training", summary)
     print0(f"[base_train] done: val bpb {val['val_bpb']:.4f}, {summary['tok_per_sec']:,.0f} tokens/s, "
            f"{summary['train_time_s'] / 60:.1f} min of steps")
     ck.close()

@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+
+from jaxchat.common import log_section
 import os
 import random
 import sysconfig
@@ -198,6 +200,7 @@ def main(argv=None) -> dict:
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
         json.dump(result, f, indent=2)
+    log_section("tokenizer-evaluation", result)
     print(f"wrote {out}")
     return result
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
+
+from jaxchat.common import log_section
 import time
 
 import numpy as np
@@ -88,6 +90,7 @@ def main(argv=None) -> dict:
         "model_path": str(model_path),
     }
     (out_dir / "tok_train.json").write_text(json.dumps(summary, indent=2) + "\n")
+    log_section("tokenizer-training", summary)
     print0(f"token_bytes (non-special): min {summary['token_bytes_min']} max {summary['token_bytes_max']} "
            f"mean {summary['token_bytes_mean']} std {summary['token_bytes_std']}")
     print0(f"saved {model_path}, {out_dir / TOKEN_BYTES_FILENAME}, {out_dir / 'tok_train.json'}")
