@@ -278,18 +278,64 @@ def bucket_length(n: int, buckets: Sequence[int]) -> int:
     return buckets[-1]
 
 
-def sft_batches(task, tokenizer, *, rows: int, accum: int, max_tokens: int, seed: int, process_index: int = 0,
-                process_count: int = 1, buckets: Sequence[int] = (128, 256, 512, 1024, 2048),
-                start_step: int = 0) -> Iterator[dict]:
-    """One epoch of SFT batches [A, B_local, T]: a seeded shuffle, rows padded to a length bucket so only a
-    handful of shapes compile (not one per batch). `start_step` skips steps already trained (resume)."""
-    order = np.random.default_rng(seed).permutation(len(task))[process_index::process_count]
-    per_step = rows * accum
-    buckets = [b for b in buckets if b < max_tokens] + [max_tokens]
-    pad = tokenizer.encode_special("<|assistant_end|>")
-    for s in range(start_step, len(order) // per_step):
-        rendered = [tokenizer.render_conversation(task[int(i)], max_tokens=max_tokens + 1)
-                    for i in order[s * per_step:(s + 1) * per_step]]
-        T = bucket_length(max(len(ids) for ids, _ in rendered) - 1, buckets)
-        b = sft_batch(rendered, pad, T)
-        yield {k: v.reshape(accum, rows, T) for k, v in b.items()}
+class SFTBatches:
+    """SFT batches [A, B_local, T]: one conversation per row, a seeded shuffle per epoch, conversations of
+    similar length batched together and rows padded to a length bucket, so little compute goes to padding
+    and only a handful of shapes compile (not one per batch). The state is the step index."""
+
+    def __init__(self, task, tokenizer, *, rows: int, accum: int, max_tokens: int, seed: int, process_index: int = 0,
+                 process_count: int = 1, buckets: Sequence[int] = (128, 256, 512, 1024, 2048)):
+        self.task, self.tok, self.rows, self.accum, self.max_tokens = task, tokenizer, rows, accum, max_tokens
+        self.seed, self.pi, self.pc = seed, process_index, process_count
+        self.buckets = [b for b in buckets if b < max_tokens] + [max_tokens]
+        self.pad = tokenizer.encode_special("<|assistant_end|>")
+        self.per_step = rows * accum
+        self.steps_per_epoch = (len(task) // process_count) // self.per_step
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"{len(task)} conversations cannot fill one step of {self.per_step * process_count}")
+        self.step = 0
+
+    def __iter__(self):
+        return self
+
+    GROUP = 8  # steps whose conversations are sorted by length together (less padding, same examples)
+
+    def _order(self, epoch: int) -> np.ndarray:
+        """This epoch's conversation order: a seeded shuffle, then within each group of GROUP steps the
+        conversations are sorted by length and the group's batches are shuffled again."""
+        if getattr(self, "_cached_epoch", None) == epoch:
+            return self._cached_order
+        rng = np.random.default_rng(self.seed + epoch)
+        order = rng.permutation(len(self.task))[self.pi::self.pc][: self.steps_per_epoch * self.per_step]
+        chunk = self.GROUP * self.per_step
+        out = []
+        for g in range(0, len(order), chunk):
+            idx = order[g:g + chunk]
+            lengths = np.asarray([self._length(int(i)) for i in idx])
+            idx = idx[np.argsort(lengths, kind="stable")]
+            batches = idx.reshape(-1, self.per_step)
+            out.append(batches[rng.permutation(len(batches))].reshape(-1))
+        self._cached_epoch, self._cached_order = epoch, np.concatenate(out)
+        return self._cached_order
+
+    def _length(self, i: int) -> int:
+        return len(self.tok.render_conversation(self.task[i], max_tokens=self.max_tokens + 1)[0])
+
+    def __next__(self) -> dict:
+        epoch, s = divmod(self.step, self.steps_per_epoch)
+        order = self._order(epoch)
+        rendered = [self.tok.render_conversation(self.task[int(i)], max_tokens=self.max_tokens + 1)
+                    for i in order[s * self.per_step:(s + 1) * self.per_step]]
+        T = bucket_length(max(len(ids) for ids, _ in rendered) - 1, self.buckets)
+        b = sft_batch(rendered, self.pad, T)
+        self.step += 1
+        return {k: v.reshape(self.accum, self.rows, T) for k, v in b.items()}
+
+    def get_state(self) -> bytes:
+        return json.dumps({"step": self.step}).encode()
+
+    def set_state(self, state) -> None:
+        self.step = int(json.loads(state)["step"])
+
+    def start_prefetch(self) -> None:
+        pass

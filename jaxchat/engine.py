@@ -313,10 +313,11 @@ class Engine:
             st = run(self.params, st, chunk, cfg=self.cfg, stops=stops)
 
     def generate_batch(self, prompts, *, num_samples: int = 1, max_tokens: int = 256, temperature: float = 1.0,
-                       top_k: int = 50, seed: int = 42, use_tools: bool = True, max_steps: int = 1 << 30
-                       ) -> tuple[list[list[int]], list[list[int]]]:
-        """Full completions for one prompt (list of ids) or several (list of lists), num_samples each, with
-        terminal tokens (<|assistant_end|>, <|bos|>) removed. Returns (sequences, sampled-masks)."""
+                       top_k: int = 50, seed: int = 42, use_tools: bool = True, max_steps: int = 1 << 30,
+                       keep_terminal: bool = False) -> tuple[list[list[int]], list[list[int]]]:
+        """Full completions for one prompt (list of ids) or several (list of lists), num_samples each (rows
+        ordered prompt by prompt), with terminal tokens (<|assistant_end|>, <|bos|>) removed unless
+        `keep_terminal`. Returns (sequences, sampled-masks)."""
         many = len(prompts) > 0 and isinstance(prompts[0], (list, tuple, np.ndarray))
         plist = prompts if many else [prompts]
         st, stops = self.start(plist, num_samples=num_samples, max_tokens=max_tokens, temperature=temperature,
@@ -329,7 +330,7 @@ class Engine:
         seqs, masks = [], []
         for b in range(R):
             toks, m = out[b, : n[b]].tolist(), smp[b, : n[b]].astype(int).tolist()
-            if toks and toks[-1] in self.ends:
+            if toks and toks[-1] in self.ends and not keep_terminal:
                 toks, m = toks[:-1], m[:-1]
             seqs.append(toks)
             masks.append(m)

@@ -75,3 +75,21 @@ def rows_per_process(device_batch_size: int, ctx: Context) -> tuple[int, int]:
 
 def banner(name: str, **items) -> None:
     print0(f"[{name}] " + " | ".join(f"{k}: {v}" for k, v in items.items()))
+
+
+def load_source(stage_name: str, model_tag: str, ctx: Context, step: int = -1):
+    """Params + model config of the previous stage's checkpoint (largest model if no tag), on this mesh."""
+    from jaxchat.checkpoint import load_model
+
+    params, mc, meta = load_model(stage_name, model_tag or None, None if step < 0 else step, mesh=ctx.mesh)
+    return params, mc, meta
+
+
+def estimate_tokens(task, tokenizer, max_tokens: int, sample: int = 2000, seed: int = 0) -> float:
+    """Rendered tokens in a task: exact for small tasks, a seeded sample's mean × size for large ones."""
+    import numpy as np
+
+    n = len(task)
+    idx = range(n) if n <= sample else np.random.default_rng(seed).choice(n, sample, replace=False)
+    lengths = [len(tokenizer.render_conversation(task[int(i)], max_tokens=max_tokens)[0]) for i in idx]
+    return float(np.sum(lengths)) if n <= sample else float(np.mean(lengths) * n)

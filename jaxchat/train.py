@@ -177,11 +177,11 @@ class Throughput:
         self.n_devices, self.skip = n_devices, skip
         self.count, self.time, self.last = 0, 0.0, None
 
-    def step(self, dt: float) -> dict:
+    def step(self, dt: float, tokens: int | None = None) -> dict:
         self.count += 1
         if self.count > self.skip:
             self.time += dt
-        tok_s = self.tokens_per_step / dt if dt > 0 else float("nan")
+        tok_s = (tokens or self.tokens_per_step) / dt if dt > 0 else float("nan")
         out = {"dt": dt, "tok_per_sec": tok_s, "flops_per_sec": tok_s * self.flops_per_token}
         if self.peak:
             out["mfu"] = out["flops_per_sec"] / (self.peak * self.n_devices)
@@ -233,7 +233,10 @@ class Loop:
     save_optimizer: bool = True
     save_data_state: bool = True
     flops_per_token: float | None = None
-    extra_metrics: Callable[[dict, int], dict] | None = None  # per-step host-side additions
+    # Instead of `batches`: batch_fn(state, step) -> (host batch, info dict logged with the step). RL uses it to
+    # sample rollouts from the current params; its data position is the step itself (save_data_state=False).
+    batch_fn: Callable | None = None
+    show: tuple = ()  # info keys to show in the progress line
 
 
 def _due(step: int, every: int, last: bool) -> bool:
@@ -295,23 +298,27 @@ def run(loop: Loop) -> tuple[dict, dict]:
         if last:
             break
         t0 = now()
-        batch = put_batch(setup, next(loop.batches))
-        state, metrics = step_fn(state, batch)
+        info = {}
+        if loop.batch_fn is not None:
+            host_batch, info = loop.batch_fn(state, step)
+        else:
+            host_batch = next(loop.batches)
+        state, metrics = step_fn(state, put_batch(setup, host_batch))
         metrics = to_host(metrics)
         dt = now() - t0
         if step > start:  # the first step after (re)start includes compilation
             elapsed += dt
-        perf = tput.step(dt)
+        perf = tput.step(dt, int(np.prod(host_batch["inputs"].shape)) * jax.process_count())
         ema = metrics["loss"] if ema is None else 0.9 * ema + 0.1 * metrics["loss"]
         debiased = ema / (1 - 0.9 ** (step - start + 1))
         record = {"kind": "train", "step": step, **metrics, "ema_loss": debiased, **perf,
                   "lr_mult": float(_lr_mult(setup, step)), "elapsed": elapsed}
-        if loop.extra_metrics:
-            record.update(loop.extra_metrics(metrics, step))
+        record.update(info)
         if log:
             log.write(**record)
         eta = tput.eta(n - step - 1)
         post = {"loss": f"{metrics['loss']:.3f}", "tok/s": f"{perf['tok_per_sec']:,.0f}", "eta": format_seconds(eta)}
+        post.update({k: (f"{v:.3f}" if isinstance(v, float) else str(v)) for k, v in info.items() if k in loop.show})
         if "mfu" in perf:
             post["mfu"] = f"{100 * perf['mfu']:.1f}%"
         bar.set_postfix(post, refresh=False)
