@@ -778,3 +778,17 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def shards_needed(preset: str, chars_per_token: float = 4.8, chars_per_shard: float = 250e6) -> int:
+    """FineWeb-edu shards a preset's base training reads (nanochat's rule of thumb: ~4.8 chars per token,
+    ~250M chars per shard), plus one validation shard and 10% headroom."""
+    import math
+
+    from jaxchat import config as C
+    from jaxchat import train
+
+    cfg = C.load(["model", "base"], [f"--preset={preset}"])
+    n, _ = train.horizon(cfg.model, cfg.base, cfg.base.total_batch_size)
+    tokens = n * cfg.base.total_batch_size
+    return min(NUM_FINEWEB_SHARDS, math.ceil(1.1 * tokens * chars_per_token / chars_per_shard) + 1)

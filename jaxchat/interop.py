@@ -69,7 +69,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxchat.config import ModelConfig
+from jaxchat.config import ConfigError, ModelConfig
 from jaxchat.tokenizer import SPECIAL_TOKENS, TOKENIZER_FILENAME, Tokenizer
 
 INSTALL_HINT = "pip install -e '.[interop]'  (torch==2.13.0, tiktoken==0.14.0, safetensors==0.8.0)"
@@ -132,8 +132,11 @@ def config_from_nanochat(mc: dict, **overrides) -> ModelConfig:
     want = (L, D, H, D // H, K)
     candidates = [(64, 128), (D // L, 128), (64, D // H), (D // L, D // H)]  # nanochat defaults first
     for ar, hdt in candidates:
-        cfg = ModelConfig(depth=L, vocab_size=V, max_seq_len=T, aspect_ratio=ar, head_dim_target=hdt,
-                          n_kv_head=0 if K == H else K, **overrides)
+        try:
+            cfg = ModelConfig(depth=L, vocab_size=V, max_seq_len=T, aspect_ratio=ar, head_dim_target=hdt,
+                              n_kv_head=0 if K == H else K, **overrides)
+        except ConfigError:  # e.g. n_kv_head does not divide this candidate's head count
+            continue
         if (cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.head_dim, cfg.kv_heads) == want:
             return cfg
     raise InteropError(f"no depth-derived jaxchat config reproduces {mc}")  # unreachable for valid shapes

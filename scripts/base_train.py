@@ -11,6 +11,7 @@ Model from --depth; device batch × devices × accumulation = --total_batch_size
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 
 import jax
@@ -26,15 +27,17 @@ from jaxchat.tokenizer import Tokenizer
 
 
 def main(argv=None):
-    cfg = C.load(["model", "mesh", "base"], argv, extra={"dry_run": False})
+    cfg = C.load(["model", "mesh", "base"], argv, extra={"dry_run": False, "devices": -1})
     ctx = stage.init(cfg.mesh)
     tc: C.BaseConfig = cfg.base
-    tok = Tokenizer.load()
     mc = cfg.model
-    if tok.vocab_size != mc.vocab_size:
+    tok = None if cfg.extra.dry_run else Tokenizer.load()
+    if tok is not None and tok.vocab_size != mc.vocab_size:
         print0(f"[base_train] vocab_size {mc.vocab_size} -> {tok.vocab_size} (the trained tokenizer's)")
         mc = dataclasses.replace(mc, vocab_size=tok.vocab_size)
     T = mc.max_seq_len
+    if cfg.extra.dry_run and cfg.extra.devices > 0:  # plan for another machine (e.g. --devices=8 for an 8-GPU node)
+        ctx = dataclasses.replace(ctx, n_devices=cfg.extra.devices)
     rows, local_rows = stage.rows_per_process(tc.device_batch_size, ctx)
     accum = train.grad_accum_steps(tc.total_batch_size, tc.device_batch_size, T, ctx.n_devices)
     tokens_per_step = accum * rows * T
@@ -44,7 +47,13 @@ def main(argv=None):
                  batch=f"{accum} x {rows} x {T} = {tokens_per_step:,} tokens/step", steps=f"{n_iter:,} ({why})",
                  tokens=f"{n_iter * tokens_per_step:,}", flops=f"{gpt.flops_per_token(mc) * tokens_per_step * n_iter:.3e}")
     if cfg.extra.dry_run:
-        return {"steps": n_iter, "tokens_per_step": tokens_per_step, "accum": accum}
+        plan = {"params": gpt.num_params(mc), "depth": mc.depth, "width": mc.n_embd, "heads": mc.n_head,
+                "seq_len": T, "vocab": mc.vocab_size, "devices": ctx.n_devices, "device_batch_size": tc.device_batch_size,
+                "grad_accum": accum, "tokens_per_step": tokens_per_step, "steps": n_iter, "horizon_rule": why,
+                "tokens": n_iter * tokens_per_step, "flops_per_token": gpt.flops_per_token(mc),
+                "total_flops": gpt.flops_per_token(mc) * tokens_per_step * n_iter}
+        print0("[base_train] dry run: " + json.dumps(plan))
+        return plan
 
     batches = data.pretrain_batches(tc.source, "train", tok, rows=local_rows, seq_len=T, accum=accum, seed=tc.seed,
                                     packing=tc.packing, process_index=ctx.process_index,

@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# The whole jaxchat pipeline, stage by stage (run through `bash run_all.sh [options]`).
+#
+#   bash run_all.sh                     tiny preset: CPU, offline, embedded data, <= 30 minutes on 2 cores
+#   bash run_all.sh --preset d20        nanochat's speedrun recipe on an 8-GPU node (FineWeb-edu, hub data)
+#   bash run_all.sh --preset d20 --dry-run   print every stage's command and the derived shapes/steps/tokens
+#   bash run_all.sh --force             rerun stages whose output already exists
+#
+# A stage whose report section already exists is skipped (so an interrupted run continues from the last
+# finished stage); a failed stage stops the run and names its log. Logs: $JAXCHAT_BASE_DIR/report/logs/.
+# Multi-host: set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID (or run under SLURM) and start
+# this script on every host with a shared $JAXCHAT_BASE_DIR.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PY="${JAXCHAT_VENV_PYTHON:-$ROOT/.venv/bin/python}"
+PRESET=tiny
+FORCE=0
+DRY=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --preset) PRESET="$2"; shift 2 ;;
+    --preset=*) PRESET="${1#*=}"; shift ;;
+    --force) FORCE=1; shift ;;
+    --dry-run|--dry_run) DRY=1; shift ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    *) echo "pipeline: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+[ -f "configs/$PRESET.toml" ] || { echo "pipeline: no preset configs/$PRESET.toml (have: $(ls configs | sed 's/.toml//' | tr '\n' ' '))" >&2; exit 2; }
+
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-3}"
+BASE="$("$PY" -c 'from jaxchat.common import base_dir; print(base_dir())')"
+REPORT="$BASE/report"
+LOGS="$REPORT/logs"
+mkdir -p "$LOGS"
+P="--preset=$PRESET"
+RESUME="--resume"  # within-stage resume from checkpoints; --force starts stages afresh
+[ "$FORCE" = 1 ] && RESUME=""
+GPU_PRESET=0
+[ "$PRESET" != tiny ] && GPU_PRESET=1
+
+say() { printf '\n[pipeline %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+
+# stage NAME MARKER_SECTION -- command...
+stage() {
+  local name="$1" marker="$2"; shift 2
+  if [ "$DRY" = 1 ]; then
+    printf '  %-22s %s\n' "$name" "$*"
+    return 0
+  fi
+  if [ "$FORCE" = 0 ] && [ -f "$REPORT/$marker.json" ]; then
+    say "$name: already done ($REPORT/$marker.json), skipping (--force reruns)"
+    return 0
+  fi
+  local log="$LOGS/$name.log" t0
+  t0=$(date +%s)
+  say "$name: $* (log: $log)"
+  if ! "$@" 2>&1 | tee "$log"; then
+    say "FAILED: $name after $(( $(date +%s) - t0 ))s. Log: $log"
+    exit 1
+  fi
+  say "$name: done in $(( $(date +%s) - t0 ))s"
+}
+
+if [ "$DRY" = 1 ]; then
+  echo "jaxchat pipeline, preset $PRESET (dry run): stages and commands"
+else
+  say "preset $PRESET, base dir $BASE"
+  [ "$FORCE" = 1 ] && rm -f "$REPORT"/*.json
+  "$PY" -m jaxchat.report reset "$P"
+fi
+
+if [ "$GPU_PRESET" = 1 ] && [ "$DRY" = 0 ]; then
+  # nanochat's speedrun: 8 shards first (enough for the tokenizer), the rest in the background.
+  SHARDS="$("$PY" -c "from jaxchat.corpus import shards_needed; print(shards_needed('$PRESET'))" 2>/dev/null || echo 240)"
+  "$PY" -m jaxchat.corpus download -n 8
+  "$PY" -m jaxchat.corpus download -n "$SHARDS" > "$LOGS/download.log" 2>&1 &
+  DOWNLOAD_PID=$!
+fi
+
+stage tok_train      tokenizer-training     "$PY" -m scripts.tok_train "$P"
+stage tok_eval       tokenizer-evaluation   "$PY" -m scripts.tok_eval
+if [ "${DOWNLOAD_PID:-}" != "" ]; then say "waiting for the FineWeb-edu download"; wait "$DOWNLOAD_PID"; fi
+if [ "$DRY" = 1 ]; then
+  DEV=""; [ "$GPU_PRESET" = 1 ] && DEV="--devices=8"
+  "$PY" -m scripts.base_train "$P" --dry_run $DEV 2>/dev/null | grep "dry run" || true
+fi
+stage base_train     base-model-training    "$PY" -m scripts.base_train "$P" $RESUME
+stage base_loss      base-model-loss        "$PY" -m scripts.base_loss "$P"
+stage base_eval      base-model-evaluation  "$PY" -m scripts.base_eval "$P"
+stage mid_train      midtraining            "$PY" -m scripts.mid_train "$P" $RESUME
+stage chat_eval_mid  chat-evaluation-mid    "$PY" -m scripts.chat_eval "$P" --source=mid
+stage chat_sft       chat-sft               "$PY" -m scripts.chat_sft "$P" $RESUME
+stage chat_eval_sft  chat-evaluation-sft    "$PY" -m scripts.chat_eval "$P" --source=sft
+stage chat_rl        chat-rl                "$PY" -m scripts.chat_rl "$P" $RESUME
+stage chat_eval_rl   chat-evaluation-rl     "$PY" -m scripts.chat_eval "$P" --source=rl
+if [ "$DRY" = 1 ]; then
+  printf '  %-22s %s\n' report "$PY -m jaxchat.report generate $P"
+  exit 0
+fi
+"$PY" -m jaxchat.report generate "$P"
+
+cat <<EOF
+
+Done. The report: $REPORT/report.md
+Chat with your model:
+  .venv/bin/python -m scripts.chat_cli                 # terminal (the SFT model; -i rl for the RL one)
+  .venv/bin/python -m scripts.chat_web                 # browser: http://127.0.0.1:8000
+EOF
