@@ -186,6 +186,8 @@ def maybe_initialize_distributed() -> bool:
         kwargs = {}  # jax's SlurmCluster auto-detection
     else:
         return False
+    # CPU processes exchange collectives through gloo (GPU/TPU backends use their own interconnect).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(**kwargs)
     maybe_initialize_distributed._done = True
     return True

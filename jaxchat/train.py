@@ -309,8 +309,8 @@ def run(loop: Loop) -> tuple[dict, dict]:
         if step > start:  # the first step after (re)start includes compilation
             elapsed += dt
         perf = tput.step(dt, int(np.prod(host_batch["inputs"].shape)) * jax.process_count())
-        ema = metrics["loss"] if ema is None else 0.9 * ema + 0.1 * metrics["loss"]
-        debiased = ema / (1 - 0.9 ** (step - start + 1))
+        ema = 0.9 * (ema or 0.0) + 0.1 * metrics["loss"]  # nanochat's EMA(0.9), debiased below
+        debiased = ema / (1 - 0.9 ** (step + 1))
         record = {"kind": "train", "step": step, **metrics, "ema_loss": debiased, **perf,
                   "lr_mult": float(_lr_mult(setup, step)), "elapsed": elapsed}
         record.update(info)
@@ -328,7 +328,8 @@ def run(loop: Loop) -> tuple[dict, dict]:
     bar.close()
     if ck is not None:
         ck.wait()
-    summary.update({"steps": n, "train_time_s": elapsed, "final_loss": ema})
+    summary.update({"steps": n, "train_time_s": elapsed,
+                    "final_loss": ema / (1 - 0.9 ** n) if ema is not None else None})
     return state, summary
 
 

@@ -14,7 +14,7 @@ from jaxchat import config as C
 from jaxchat import stage
 from jaxchat.checkpoint import load_model
 from jaxchat.engine import Engine
-from jaxchat.tokenizer import Tokenizer
+from jaxchat.interop import load_any_tokenizer
 
 SHORT = {"-i": "--source", "-p": "--prompt", "-t": "--temperature", "-k": "--top_k", "-s": "--step", "-g": "--model_tag",
          "-m": "--max_tokens"}
@@ -56,7 +56,7 @@ def main(argv=None):
                                         "top_k": 50, "prompt": "", "max_tokens": 256, "seed": 42})
     x = cfg.extra
     ctx = stage.init(cfg.mesh)
-    tok = Tokenizer.load()
+    tok = load_any_tokenizer()
     params, mc, meta = load_model(x.source, x.model_tag or None, None if x.step < 0 else x.step, mesh=ctx.mesh)
     eng = Engine(params, mc, tok)
     sp = tok.encode_special

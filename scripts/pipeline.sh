@@ -68,8 +68,8 @@ if [ "$DRY" = 1 ]; then
   echo "jaxchat pipeline, preset $PRESET (dry run): stages and commands"
 else
   say "preset $PRESET, base dir $BASE"
-  [ "$FORCE" = 1 ] && rm -f "$REPORT"/*.json
-  "$PY" -m jaxchat.report reset "$P"
+  # keep finished stages' sections unless --force (an interrupted run continues where it stopped)
+  "$PY" -m jaxchat.report reset "$P" $([ "$FORCE" = 1 ] || echo --keep-sections)
 fi
 
 if [ "$GPU_PRESET" = 1 ] && [ "$DRY" = 0 ]; then

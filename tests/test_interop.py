@@ -28,6 +28,10 @@ def _torch():
     return pytest.importorskip("torch", reason=NEEDS_TORCH)
 
 
+def _safetensors():
+    return pytest.importorskip("safetensors", reason="safetensors is not installed: pip install -e '.[interop]'")
+
+
 # ----------------------------------------------------------------------------------------------------
 # A nanochat-architecture reference in PyTorch, written from reference/nanochat.md §2 (not nanochat's code,
 # not a translation of jaxchat's model): torch layouts, [B, H, T, Dh] attention through SDPA with GQA.
@@ -83,7 +87,8 @@ def reference_gpt(V, L, D, H, K, *, pad_to=64, seed=0, bf16_rotary=False):
     class GPT(nn.Module):
         def __init__(self):
             super().__init__()
-            self.transformer = nn.ModuleDict({"wte": nn.Embedding(Vp, D), "h": nn.ModuleList(Block() for _ in range(L))})
+            blocks = nn.ModuleList(Block() for _ in range(L))
+            self.transformer = nn.ModuleDict({"wte": nn.Embedding(Vp, D), "h": blocks})
             self.lm_head = nn.Linear(D, Vp, bias=False)
 
         def forward(self, idx):
@@ -121,17 +126,14 @@ def nanochat_mc(V, L, D, H, K, T=64):
 
 
 def random_params(cfg: ModelConfig, seed=0):
-    """init_params zero-inits lm_head and the output projections: make every weight non-zero."""
-    p = gpt.init_params(cfg, jax.random.key(seed))
+    """Random params, non-zero everywhere (jaxchat's init zero-inits lm_head and the output projections)."""
     rng = np.random.default_rng(seed)
-    out = jax.tree.map(np.asarray, p)
-    for path in (("lm_head",), ("blocks", "wo"), ("blocks", "w_proj")):
-        d = out
-        for k in path[:-1]:
-            d = d[k]
-        a = d[path[-1]]
-        d[path[-1]] = (rng.standard_normal(a.shape) * 0.8 / np.sqrt(a.shape[-2])).astype(np.float32)
-    return out
+
+    def draw(path, s):
+        std = 1.0 if path[-1].key == "wte" else 0.8 / np.sqrt(s.shape[-2])  # fan-in = the second-last axis
+        return (rng.standard_normal(s.shape) * std).astype(np.float32)
+
+    return jax.tree_util.tree_map_with_path(draw, gpt.param_shapes(cfg))
 
 
 def assert_tree_equal(a, b):
@@ -215,6 +217,7 @@ def test_nanochat_config_mapping_and_errors(tmp_path):
 
 
 def test_safetensors_round_trip_bit_exact(tmp_path):
+    _safetensors()
     sys.path.insert(0, str(ROOT / "scripts"))
     try:
         import run_numpy
@@ -236,13 +239,13 @@ def test_safetensors_round_trip_bit_exact(tmp_path):
 
 
 def _numpy_env():
-    env = dict(os.environ, PYTHONPATH="")
-    return env
+    return dict(os.environ, PYTHONPATH="")  # the runner needs nothing from the repo on its path
 
 
 def test_numpy_runner_matches_engine_greedy_without_jax(tmp_path):
     from jaxchat.engine import Engine
 
+    _safetensors()
     tok = tiny_tokenizer()
     cfg = tiny_model(tok.vocab_size, n_kv_head=1)
     params = random_params(cfg, seed=3)
@@ -285,7 +288,7 @@ def tiny_tiktoken():
 
 
 def test_nanochat_tokenizer_adapter(tmp_path):
-    enc = tiny_tiktoken()
+    enc, _ = tiny_tiktoken(), _safetensors()
     src = tmp_path / "nanochat" / "tokenizer"
     src.mkdir(parents=True)
     (src / "tokenizer.pkl").write_bytes(pickle.dumps(enc))  # nanochat's format: a pickled Encoding
@@ -294,7 +297,8 @@ def test_nanochat_tokenizer_adapter(tmp_path):
     assert isinstance(tok, interop.NanochatTokenizer)
     assert tok.vocab_size == 265 + 9 and tok.bos_id == 265 and tok.encode_special("<|assistant_end|>") == 269
     assert tok.encode("hello world") == [259, 264]
-    assert tok.encode(["hello", "<|bos|>"], prepend="<|bos|>", append=5) == [[265, 259, 5], [265] + list(b"<|bos|>") + [5]]
+    assert tok.encode(["hello", "<|bos|>"], prepend="<|bos|>", append=5) == \
+        [[265, 259, 5], [265, *b"<|bos|>", 5]]  # special-token text stays ordinary text
     assert tok.decode(tok.encode("héllo <|user_end|> world\n")) == "héllo <|user_end|> world\n"
     tb = tok.token_bytes()
     assert tb[259] == 5 and tb[264] == 6 and tb[ord("a")] == 1 and (tb[265:] == 0).all()
@@ -339,7 +343,7 @@ def test_nanochat_tokenizer_adapter(tmp_path):
 
 
 def test_converted_nanochat_model_chats_through_chat_cli(tmp_path, monkeypatch):
-    _torch()
+    torch, _ = _torch(), _safetensors()
     monkeypatch.syspath_prepend(str(ROOT))
     from scripts import convert
 
@@ -351,9 +355,17 @@ def test_converted_nanochat_model_chats_through_chat_cli(tmp_path, monkeypatch):
     monkeypatch.setenv("JAXCHAT_BASE_DIR", str(base))
     tok.save(base / "tokenizer" / "tokenizer.model")
     st_path = tmp_path / "nc.safetensors"
-    assert convert.main(["from-nanochat", str(nano), "--stage=sft", "--model_tag=nc", "--safetensors", str(st_path)]) == 0
+    args = ["from-nanochat", str(nano), "--stage=sft", "--model_tag=nc", "--safetensors", str(st_path)]
+    assert convert.main(args) == 0
     assert (base / "chatsft_checkpoints" / "nc" / "500").is_dir()
     assert convert.main(["from-nanochat", str(nano), "--stage=sft", "--model_tag=nc"]) == 2  # refuses to overwrite
+    # nanochat → jaxchat checkpoint (orbax) → nanochat gives back the very same state dict
+    assert convert.main(["to-nanochat", "--source=sft", "--model_tag=nc", "--out", str(tmp_path / "back")]) == 0
+    orig = torch.load(nano / "model_000500.pt", weights_only=True)
+    back = torch.load(tmp_path / "back" / "model_000500.pt", weights_only=True)
+    assert sorted(back) == sorted(k.removeprefix("_orig_mod.") for k in orig)
+    for k, v in orig.items():
+        assert torch.equal(back[k.removeprefix("_orig_mod.")], v), k
 
     env = dict(os.environ, JAXCHAT_BASE_DIR=str(base), JAX_PLATFORMS="cpu", XLA_FLAGS="")
     res = subprocess.run([sys.executable, "-m", "scripts.chat_cli", "--source=sft", "--model_tag=nc", "-p", "hi",
@@ -362,6 +374,7 @@ def test_converted_nanochat_model_chats_through_chat_cli(tmp_path, monkeypatch):
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     answer = res.stdout.split("\nAssistant: ", 1)[1][:-1]  # chat_cli ends the reply with one newline
     assert answer.strip(), res.stdout
+    print("chat_cli answer:", repr(answer))
     # the same converted weights through the NumPy runner give the same greedy reply
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "run_numpy.py"), str(st_path), "-p", "hi",
                           "--max_tokens", "8", "--temperature", "0"], capture_output=True, text=True,
