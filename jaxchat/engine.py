@@ -201,6 +201,34 @@ def bucket(n: int, buckets: Sequence[int] = PROMPT_BUCKETS) -> int:
     return int(2 ** math.ceil(math.log2(n)))
 
 
+def _in_mesh(method):
+    import functools
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self.mesh_context():
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
+def _in_mesh_gen(method):
+    import functools
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        gen = method(self, *args, **kwargs)
+        while True:
+            with self.mesh_context():
+                try:
+                    item = next(gen)
+                except StopIteration:
+                    return
+            yield item
+
+    return wrapper
+
+
 class Engine:
     """Batched generation with a model, a tokenizer and (optionally) the calculator tool.
 
@@ -225,9 +253,16 @@ class Engine:
             st = jax.device_put(st, state_shardings(st, self.mesh))
         return st
 
+    def mesh_context(self):
+        """Calls into the jitted engine functions run under the mesh (the model pins activation layouts)."""
+        import contextlib
+
+        return jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
+
     def stops(self, use_tools: bool) -> Stops:
         return Stops(self.ends, self.python_end if use_tools else -1)
 
+    @_in_mesh
     def start(self, prompts: Sequence[Sequence[int]], *, num_samples: int = 1, max_tokens: int = 256,
               temperature: float = 1.0, top_k: int = 50, seed: int = 42, use_tools: bool = True,
               batch: int | None = None, cache_len: int | None = None):
@@ -261,6 +296,7 @@ class Engine:
                                max_tokens, temperature, top_k, keys, cfg=self.cfg, stops=stops)
         return st, stops
 
+    @_in_mesh
     def handle_tools(self, st, stops: Stops):
         """For rows waiting on the calculator: evaluate and queue the forced output. Returns the new state."""
         from jaxchat.execution import calculator
@@ -282,6 +318,7 @@ class Engine:
             st = set_forced(st, int(b), jnp.asarray(buf), len(forced))
         return st
 
+    @_in_mesh_gen
     def generate(self, prompt, *, num_samples: int = 1, max_tokens: int = 256, temperature: float = 1.0,
                  top_k: int = 50, seed: int = 42, use_tools: bool = True, chunk: int = 1
                  ) -> Iterator[tuple[list[int], list[int]]]:
@@ -312,6 +349,7 @@ class Engine:
             st = self.handle_tools(st, stops)
             st = run(self.params, st, chunk, cfg=self.cfg, stops=stops)
 
+    @_in_mesh
     def generate_batch(self, prompts, *, num_samples: int = 1, max_tokens: int = 256, temperature: float = 1.0,
                        top_k: int = 50, seed: int = 42, use_tools: bool = True, max_steps: int = 1 << 30,
                        keep_terminal: bool = False) -> tuple[list[list[int]], list[list[int]]]:

@@ -25,11 +25,13 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from jaxchat.config import ModelConfig
+from jaxchat.sharding import constrain
 
 Params = dict[str, Any]
 # torch's F.rms_norm(eps=None) uses the dtype's machine epsilon; we normalise in float32 with that value.
 RMS_EPS = float(jnp.finfo(jnp.float32).eps)
 ATTN_CHUNKS = 2  # causal query blocks in the XLA attention (see causal_attention)
+ACT = ("batch", "seq", "act_embed")  # logical layout of the residual stream
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -193,9 +195,10 @@ def block(p: Params, x_BxTxD, cos, sin, cfg: ModelConfig, cache=None, layer=None
     H, K, Dh = cfg.n_head, cfg.kv_heads, cfg.head_dim
     dt = x_BxTxD.dtype
     h = rms_norm(x_BxTxD)
-    q = (h @ p["wq"].astype(dt)).reshape(B, T, H, Dh)
-    k = (h @ p["wk"].astype(dt)).reshape(B, T, K, Dh)
-    v = (h @ p["wv"].astype(dt)).reshape(B, T, K, Dh)
+    heads = ("batch", "seq", "act_heads", None)
+    q = constrain((h @ p["wq"].astype(dt)).reshape(B, T, H, Dh), heads)
+    k = constrain((h @ p["wk"].astype(dt)).reshape(B, T, K, Dh), heads)
+    v = constrain((h @ p["wv"].astype(dt)).reshape(B, T, K, Dh), heads)
     q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
     q, k = rms_norm(q), rms_norm(k)
     q = _name(q, "q")
@@ -207,11 +210,11 @@ def block(p: Params, x_BxTxD, cos, sin, cfg: ModelConfig, cache=None, layer=None
             o = cached_attention(q, kc[layer], vc[layer], qpos_BxT)
         cache = (kc, vc)
     o = _name(o.reshape(B, T, H * Dh), "attn_out")
-    x_BxTxD = x_BxTxD + o @ p["wo"].astype(dt)
+    x_BxTxD = constrain(x_BxTxD + o @ p["wo"].astype(dt), ACT)
     h = rms_norm(x_BxTxD)
-    u = _name(h @ p["w_fc"].astype(dt), "mlp_in")
+    u = _name(constrain(h @ p["w_fc"].astype(dt), ("batch", "seq", "act_mlp")), "mlp_in")
     u = jnp.square(jax.nn.relu(u))
-    x_BxTxD = x_BxTxD + u @ p["w_proj"].astype(dt)
+    x_BxTxD = constrain(x_BxTxD + u @ p["w_proj"].astype(dt), ACT)
     return x_BxTxD, cache
 
 
@@ -243,7 +246,7 @@ def hidden_states(params: Params, tokens_BxT, cfg: ModelConfig, *, cache=None, l
     empty for these rows (pos = 0), so attention runs over the chunk alone."""
     dt = jnp.dtype(cfg.compute_dtype)
     B, T = tokens_BxT.shape
-    x = rms_norm(params["wte"].astype(dt)[tokens_BxT])
+    x = constrain(rms_norm(params["wte"].astype(dt)[tokens_BxT]), ACT)
     blocks = params["blocks"]
     if cache is None:
         pos_BxT = jnp.arange(T)[None]  # shared by every row: one [1, T] table
@@ -275,6 +278,7 @@ def hidden_states(params: Params, tokens_BxT, cfg: ModelConfig, *, cache=None, l
 
 def logits_from_hidden(params: Params, h_BxTxD, cfg: ModelConfig):
     logits = jnp.dot(h_BxTxD, params["lm_head"].astype(h_BxTxD.dtype), preferred_element_type=jnp.float32)
+    logits = constrain(logits, ("batch", "seq", "act_vocab"))
     return cfg.softcap * jnp.tanh(logits / cfg.softcap)
 
 

@@ -44,6 +44,11 @@ class Rules:
         ("cache_seq", None),
         ("cache_heads", "tensor"),
         ("head_dim", None),
+        # activations: batch split like the data, model dims split over `tensor` only
+        ("act_embed", None),
+        ("act_heads", "tensor"),
+        ("act_mlp", "tensor"),
+        ("act_vocab", "tensor"),
     )
 
     def __getitem__(self, name):
@@ -106,6 +111,16 @@ def spec_for(axes: tuple, shape: tuple, mesh: Mesh, rules: Rules = RULES) -> P:
         used.update(keep)
         out.append(None if not keep else keep[0] if len(keep) == 1 else tuple(keep))
     return P(*out)
+
+
+def constrain(x, axes: tuple, rules: Rules = RULES):
+    """Pin an activation's layout (logical axes → the rules table) when traced under a mesh (`jax.set_mesh`);
+    a no-op without one. Without these pins XLA may shard activations like the FSDP weights (along the
+    model dim) and replicate the batch — every device would then compute the whole batch."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh is None or mesh.empty:
+        return x
+    return jax.lax.with_sharding_constraint(x, spec_for(axes, x.shape, mesh, rules))
 
 
 def tree_shardings(axes_tree, shapes_tree, mesh: Mesh, rules: Rules = RULES):
