@@ -294,8 +294,45 @@ def run(loop: Loop) -> tuple[dict, dict]:
     bar = tqdm(total=n, initial=start, desc=loop.name, disable=not tty, dynamic_ncols=True)
     print_every = max(1, n // 40)
     log = loop.log
+    pending = None  # (step, device metrics, tokens, info): fetched one step late, so the host never waits
+    last_fetch = now()
+
+    def flush():
+        """Pull the previous step's metrics (blocks only until that step is done) and log them."""
+        nonlocal pending, ema, elapsed, last_fetch
+        if pending is None:
+            return
+        step, dev_metrics, tokens, info = pending
+        pending = None
+        metrics = to_host(dev_metrics)
+        t = now()
+        dt, last_fetch = t - last_fetch, t
+        if step > start:  # the first step after (re)start includes compilation
+            elapsed += dt
+        perf = tput.step(dt, tokens)
+        ema = 0.9 * (ema or 0.0) + 0.1 * metrics["loss"]  # nanochat's EMA(0.9), debiased below
+        record = {"kind": "train", "step": step, **metrics, "ema_loss": ema / (1 - 0.9 ** (step + 1)), **perf,
+                  "lr_mult": float(_lr_mult(setup, step)), "elapsed": elapsed, **info}
+        if log:
+            log.write(**record)
+        post = {"loss": f"{metrics['loss']:.3f}", "tok/s": f"{perf['tok_per_sec']:,.0f}",
+                "eta": format_seconds(tput.eta(n - step - 1))}
+        post.update({k: (f"{v:.3f}" if isinstance(v, float) else str(v)) for k, v in info.items() if k in loop.show})
+        if "mfu" in perf:
+            post["mfu"] = f"{100 * perf['mfu']:.1f}%"
+        bar.set_postfix(post, refresh=False)
+        bar.update(1)
+        if not tty and (step % print_every == 0 or step == n - 1):
+            print0(f"[{loop.name}] step {step + 1}/{n} " + " ".join(f"{k} {v}" for k, v in post.items()))
+
     for step in range(start, n + 1):
         last = step == n
+        boundary = last or any(loop_fn and _due(step, every, last) for loop_fn, every in
+                               ((loop.evaluate, loop.eval_every), (loop.sample, loop.sample_every),
+                                (ck, loop.save_every)))
+        if boundary:
+            flush()
+            last_fetch_paused = now()
         if loop.evaluate and _due(step, loop.eval_every, last):
             res = loop.evaluate(state, step)
             summary.update({f"{k}": v for k, v in res.items()})
@@ -313,34 +350,18 @@ def run(loop: Loop) -> tuple[dict, dict]:
                           "loop": {"elapsed": elapsed, "ema": ema, "summary": summary}})
         if last:
             break
-        t0 = now()
+        if boundary:  # evaluation/saving time is not training time
+            last_fetch += now() - last_fetch_paused
         info = {}
         if loop.batch_fn is not None:
+            flush()  # the rollouts need the current params anyway
             host_batch, info = loop.batch_fn(state, step)
         else:
-            host_batch = next(loop.batches)
-        state, metrics = step_fn(state, put_batch(setup, host_batch))
-        metrics = to_host(metrics)
-        dt = now() - t0
-        if step > start:  # the first step after (re)start includes compilation
-            elapsed += dt
-        perf = tput.step(dt, int(np.prod(host_batch["inputs"].shape)) * jax.process_count())
-        ema = 0.9 * (ema or 0.0) + 0.1 * metrics["loss"]  # nanochat's EMA(0.9), debiased below
-        debiased = ema / (1 - 0.9 ** (step + 1))
-        record = {"kind": "train", "step": step, **metrics, "ema_loss": debiased, **perf,
-                  "lr_mult": float(_lr_mult(setup, step)), "elapsed": elapsed}
-        record.update(info)
-        if log:
-            log.write(**record)
-        eta = tput.eta(n - step - 1)
-        post = {"loss": f"{metrics['loss']:.3f}", "tok/s": f"{perf['tok_per_sec']:,.0f}", "eta": format_seconds(eta)}
-        post.update({k: (f"{v:.3f}" if isinstance(v, float) else str(v)) for k, v in info.items() if k in loop.show})
-        if "mfu" in perf:
-            post["mfu"] = f"{100 * perf['mfu']:.1f}%"
-        bar.set_postfix(post, refresh=False)
-        bar.update(1)
-        if not tty and (step % print_every == 0 or step == n - 1):
-            print0(f"[{loop.name}] step {step + 1}/{n} " + " ".join(f"{k} {v}" for k, v in post.items()))
+            host_batch = next(loop.batches)  # prepared while the previous step still runs
+        state, dev_metrics = step_fn(state, put_batch(setup, host_batch))
+        flush()
+        pending = (step, dev_metrics, int(np.prod(host_batch["inputs"].shape)) * jax.process_count(), info)
+    flush()
     bar.close()
     if ck is not None:
         ck.wait()
