@@ -4,10 +4,12 @@
 
 Endpoints
     GET  /                   the chat page (jinja2 template + static JS/CSS; no external resources)
-    POST /chat/completions   {"messages": [...], "temperature"?, "top_k"?, "max_tokens"?, "seed"?}
+    POST /chat/completions   {"messages": [...], "temperature"?, "top_k"?, "max_tokens"?, "seed"?, "stream"?: true}
                              → text/event-stream (below); errors → 4xx/503 JSON {"error": msg, "field": path}
     GET  /health             {"status": "ok"|"loading"|"error", "ready", "model": {...}, "limits": {...}}
-    GET  /stats              queue length, active rows, max batch, recent tokens/s, requests served, ...
+    GET  /stats              {"queue_length", "max_queue", "active_rows", "max_batch", "tokens_per_second" (over
+                             the last window_s seconds), "requests_served" / "_cancelled" / "_rejected",
+                             "tokens_generated", "ttft_p50_s" (submit → first token, last 256 requests), ...}
 
 Request. `messages` alternate user, assistant, ..., and end with a user message. A message is
 {"role": "user"|"assistant", "content": str}; an assistant message may instead carry a list of parts
@@ -17,11 +19,16 @@ message, ≤ 32,000 in total, temperature ∈ [0, 2], top_k ∈ [1, 200], max_to
 Defaults come from the app (0.8 / 50 / 512). The rendered prompt plus max_tokens must fit the model's context:
 an explicit max_tokens that does not fit is answered 413; the default max_tokens is lowered to what fits.
 
+Status codes: 400 malformed or out-of-range input, 413 too many messages / characters, or prompt + max_tokens
+over the model's context, 503 + Retry-After when max_queue requests already wait for a row (or the engine is
+not available). Every error names the problem and the offending field.
+
 Stream (Server-Sent Events; each event is one `data: <json>` line and a blank line; lines starting with ':'
 are keep-alive comments):
     data: {"token": "Hel"}                              reply text, decoded incrementally (never half a
-                                                        UTF-8 character); concatenating every "token" gives
-                                                        the decoded reply
+                                                        UTF-8 character); every "token" of every part,
+                                                        concatenated, is the decoded reply (special tokens
+                                                        are shown only as the part markers below)
     data: {"part_start": "python"}                      the model calls the calculator
     data: {"token": "12*34", "part": "python"}          ... the expression it wrote
     data: {"part_end": "python"}
@@ -39,35 +46,15 @@ from __future__ import annotations
 import json
 import math
 import queue
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 from flask import Flask, Response, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
-from jaxchat.web.service import ContextTooLong, QueueFull, Unavailable, SEED_LIMIT
+from jaxchat.web.limits import SEED_LIMIT, Defaults, Limits
+from jaxchat.web.service import ContextTooLong, QueueFull, Unavailable
 
 KEEPALIVE_S = 1.0  # an SSE comment this often while a request waits: notices clients that left
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_messages: int = 500
-    max_message_chars: int = 8_000
-    max_total_chars: int = 32_000
-    min_temperature: float = 0.0
-    max_temperature: float = 2.0
-    min_top_k: int = 1
-    max_top_k: int = 200
-    min_max_tokens: int = 1
-    max_max_tokens: int = 4_096
-    max_body_bytes: int = 1 << 20
-
-
-@dataclass(frozen=True)
-class Defaults:
-    temperature: float = 0.8
-    top_k: int = 50
-    max_tokens: int = 512
 
 
 class ApiError(Exception):
@@ -270,7 +257,22 @@ def sse(obj: dict) -> str:
     return "data: " + json.dumps(obj, ensure_ascii=False) + "\n\n"
 
 
-def _stream(req, tok):
+class _EventStream:
+    """The response body: iterates the SSE chunks; close() (the server calls it when the client leaves or the
+    response ends — even before the first chunk) cancels the request."""
+
+    def __init__(self, req, tok):
+        self.req, self._gen = req, _events(req, tok)
+
+    def __iter__(self):
+        return self._gen
+
+    def close(self):
+        self._gen.close()
+        self.req.cancel()
+
+
+def _events(req, tok):
     dec = StreamDecoder(tok)
     try:
         yield ": stream open\n\n"
@@ -300,13 +302,13 @@ def _stream(req, tok):
 
 def create_app(engine_service, *, limits: Limits = Limits(), defaults: Defaults = Defaults(), log=None) -> Flask:
     """The web app around one engine service (jaxchat.web.service.EngineService or anything with the same
-    submit / info / stats / ready / check_fits / max_tokens_limit / tokenizer)."""
+    submit / info / stats / ready / cache_len / max_tokens_limit / tokenizer). JAX runs only in the service's
+    thread; request threads validate, render prompts, and decode streamed ids."""
     svc = engine_service
     tok = svc.tokenizer
     log = log or (lambda msg: None)
     app = Flask(__name__, template_folder="templates", static_folder="static")
     app.config["MAX_CONTENT_LENGTH"] = limits.max_body_bytes
-    app.config["JSON_SORT_KEYS"] = False
     app.json.sort_keys = False
     app.extensions["jaxchat_service"] = svc
 
@@ -376,6 +378,6 @@ def create_app(engine_service, *, limits: Limits = Limits(), defaults: Defaults 
         log(f"request {req.id}: {len(messages)} messages, {len(prompt)} prompt tokens, max_tokens {max_tokens}, "
             f"temperature {opts['temperature']:g}, top_k {opts['top_k']}")
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Request-Id": req.id}
-        return Response(_stream(req, tok), mimetype="text/event-stream", headers=headers)
+        return Response(_EventStream(req, tok), mimetype="text/event-stream", headers=headers)
 
     return app

@@ -33,9 +33,12 @@ import traceback
 import uuid
 from dataclasses import dataclass, field
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-SEED_LIMIT = 2**32  # seeds are uint32 (jax.random.key(seed))
+from jaxchat import engine as E
+from jaxchat.web.limits import SEED_LIMIT
 
 
 class QueueFull(Exception):
@@ -90,17 +93,20 @@ class Request:
                 return
 
 
-def _leaves(tree):
-    import jax
-
-    return jax.tree.leaves(tree)
-
-
-def _pow2_at_least(n: int, cap: int) -> int:
-    p = 1
+def _pow2_upto(n: int) -> list[int]:
+    out, p = [], 1
     while p < n:
+        out.append(p)
         p *= 2
-    return min(p, cap)
+    return out + [n]
+
+
+def pick_bucket(n: int, buckets) -> int:
+    """The smallest bucket >= n (buckets sorted ascending, the last one is the maximum)."""
+    for b in buckets:
+        if n <= b:
+            return b
+    raise ValueError(f"{n} exceeds the largest bucket {buckets[-1]}")
 
 
 class EngineService:
@@ -111,16 +117,20 @@ class EngineService:
     `max_queue`: requests allowed to wait for a row (more → QueueFull); `steps_per_iter`: decode steps between
     admissions/stream flushes (1–4: lower = smoother streams and faster admission, higher = less host work);
     `pace_s`: minimum seconds per loop iteration (0 = as fast as possible; demos and browser tests use it to
-    slow streaming down); `info`: extra model facts for /health (source, step, ...)."""
+    slow streaming down); `info`: extra model facts for /health (source, step, ...).
+
+    Compiled shapes: one `run`, and one `prefill` per (row bucket, prompt bucket) met. `prefill_rows` are the
+    row-count buckets an admission batch is padded to (default: powers of two up to max_batch, the last one
+    max_batch); `prompt_buckets` the prompt-length buckets (default engine.PROMPT_BUCKETS, capped at cache_len).
+    Fewer buckets = fewer compilations, more padding."""
 
     def __init__(self, params, model_cfg, tokenizer, *, max_batch: int = 8, max_queue: int = 64,
                  cache_len: int | None = None, steps_per_iter: int = 2, mesh=None, info: dict | None = None,
-                 pace_s: float = 0.0, use_tools: bool = True, stats_window_s: float = 10.0, log=None):
-        from jaxchat.engine import Engine
-
+                 pace_s: float = 0.0, use_tools: bool = True, prefill_rows=None, prompt_buckets=None,
+                 stats_window_s: float = 10.0, log=None):
         if max_batch < 1 or max_queue < 0 or not 1 <= steps_per_iter <= 64:
             raise ValueError("need max_batch >= 1, max_queue >= 0 and 1 <= steps_per_iter <= 64")
-        self.engine = Engine(params, model_cfg, tokenizer, mesh=mesh)
+        self.engine = E.Engine(params, model_cfg, tokenizer, mesh=mesh)
         self.tokenizer, self.cfg = tokenizer, model_cfg
         if mesh is not None:
             from jaxchat import sharding as shd
@@ -132,9 +142,14 @@ class EngineService:
         if self.cache_len < 8:
             raise ValueError(f"cache_len {self.cache_len} is too small")
         self.steps_per_iter, self.pace_s = steps_per_iter, pace_s
+        self.prefill_rows = tuple(sorted({min(int(r), max_batch) for r in (prefill_rows or _pow2_upto(max_batch))}))
+        if self.prefill_rows[-1] != max_batch:
+            self.prefill_rows += (max_batch,)
+        self.prompt_buckets = tuple(sorted({min(int(t), self.cache_len) for t in (prompt_buckets or E.PROMPT_BUCKETS)}
+                                           | {self.cache_len}))
         self.stops = self.engine.stops(use_tools)
         self.extra_info = dict(info or {})
-        self.n_params = int(sum(int(np.prod(x.shape)) for x in _leaves(params)))
+        self.n_params = int(sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params)))
         self.log = log or (lambda msg: None)
         self._cv = threading.Condition()
         self._waiting: collections.deque[Request] = collections.deque()
@@ -150,7 +165,6 @@ class EngineService:
         self._recent: collections.deque[tuple[float, int]] = collections.deque()
         self._counts = collections.Counter()
         self._started_at = time.time()
-        self._active_rows = 0
         self._ttfts: collections.deque[float] = collections.deque(maxlen=256)
 
     # ------------------------------------------------------------------------------------------------
@@ -207,7 +221,8 @@ class EngineService:
                 for r in [r for r in self._waiting if r.cancelled.is_set()]:
                     self._waiting.remove(r)
                     self._finish(r, "cancelled")
-            if len(self._waiting) >= self.max_queue:
+            free = sum(r is None for r in self._rows)  # waiting requests about to get a row do not queue
+            if len(self._waiting) >= self.max_queue + free:
                 self._counts["rejected"] += 1
                 raise QueueFull(f"server busy: {len(self._waiting)} requests are already waiting for "
                                 f"{self.max_batch} rows; retry shortly", retry_after=self._retry_after())
@@ -215,6 +230,19 @@ class EngineService:
             self._counts["submitted"] += 1
             self._cv.notify_all()
         return req
+
+    def warmup(self, prompt: list[int], timeout: float | None = None) -> None:
+        """Push one short request through (compiles prefill and decode before the first user waits)."""
+        req = self.submit(prompt, max_tokens=2, temperature=0.0, top_k=1, seed=0)
+        try:
+            while True:
+                kind, payload = req.get(timeout)
+                if kind == "error":
+                    raise Unavailable(payload)
+                if kind == "done":
+                    return
+        finally:
+            req.cancel()
 
     def info(self) -> dict:
         c = self.cfg
@@ -258,8 +286,11 @@ class EngineService:
             self._recent.popleft()
 
     def _loop(self) -> None:
-        import jax
+        # every jitted call traces under the model's mesh (thread-local), so activation layouts are pinned
+        with self.engine.mesh_context():
+            self._serve()
 
+    def _serve(self) -> None:
         try:
             self._st = self.engine._new_state(self.max_batch, self.cache_len, self.cache_len)
             self._keys_fn = jax.jit(jax.vmap(jax.random.key))
@@ -307,10 +338,6 @@ class EngineService:
         gone = [b for b, r in enumerate(self._rows) if r is not None and r.cancelled.is_set()]
         if not gone:
             return
-        import jax.numpy as jnp
-
-        from jaxchat import engine as E
-
         mask = np.zeros(self.max_batch, bool)
         mask[gone] = True
         self._st = E.deactivate(self._st, jnp.asarray(mask))
@@ -320,14 +347,10 @@ class EngineService:
                 self._rows[b] = None
 
     def _prefill(self, admit: list[tuple[int, Request]]) -> None:
-        import jax.numpy as jnp
-
-        from jaxchat import engine as E
-
         R = len(admit)
-        Rb = _pow2_at_least(R, self.max_batch)
+        Rb = pick_bucket(R, self.prefill_rows)
         padded = admit + [admit[-1]] * (Rb - R)  # duplicates of the last admission: same row, same values
-        T = min(E.bucket(max(len(r.prompt) for _, r in admit)), self.cache_len)
+        T = pick_bucket(max(len(r.prompt) for _, r in admit), self.prompt_buckets)
         toks = np.zeros((Rb, T), np.int32)
         for i, (_, r) in enumerate(padded):
             toks[i, : len(r.prompt)] = r.prompt
@@ -342,14 +365,10 @@ class EngineService:
                              keys, cfg=self.cfg, stops=self.stops, fresh=True)
 
     def _decode(self) -> None:
-        from jaxchat import engine as E
-
         self._st = E.run(self.engine.params, self._st, self.steps_per_iter, cfg=self.cfg, stops=self.stops)
         self._st = self.engine.handle_tools(self._st, self.stops)
 
     def _harvest(self) -> None:
-        import jax
-
         out, n, active = jax.device_get((self._st["out"], self._st["n"], self._st["active"]))
         now = time.perf_counter()
         new_total = 0
