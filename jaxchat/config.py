@@ -188,6 +188,8 @@ class RLConfig(TrainConfig):
 class EvalConfig:
     max_per_task: int = -1  # CORE examples per task (-1 = all)
     max_problems: int = -1  # chat_eval problems per task (-1 = all)
+    max_problems_generative: int = -1  # for the sampled tasks (GSM8K, HumanEval, SpellingBee); -1 = max_problems
+    arithmetic_problems: int = -1  # held-out calculator arithmetic problems; -1 = max_problems
     batch_size: int = 8
     num_samples: int = 1
     max_new_tokens: int = 512

@@ -54,7 +54,12 @@ def main(argv=None):
     results = {}
     for name in names:
         task = evaluate.chat_task(name)
-        n = len(task) if ec.max_problems < 0 else min(ec.max_problems, len(task))
+        limit = ec.max_problems
+        if task.eval_type != "categorical" and ec.max_problems_generative >= 0:
+            limit = ec.max_problems_generative
+        if name == "Arithmetic" and ec.arithmetic_problems >= 0:
+            limit = ec.arithmetic_problems
+        n = len(task) if limit < 0 else min(limit, len(task))
         print0(f"[chat_eval] {name}: {n} problems ({evaluate.CHAT_SPLITS[name]})")
         if task.eval_type == "categorical":
             r = evaluate.categorical_eval(task, tok, scorer, range(n))
