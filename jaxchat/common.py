@@ -100,3 +100,22 @@ def log_section(slug: str, data: dict) -> Path:
         record = {"slug": slug, "time": time.time(), **data}
         path.write_text(json.dumps(record, indent=2, default=_json_default))
     return path
+
+
+def cli(main) -> None:
+    """Run a script's main(): errors a user can fix (bad config, missing data/checkpoint/tokenizer) print one
+    clear message and exit with status 2 instead of a traceback."""
+    import sys
+
+    user_errors = []
+    for mod, name in (("jaxchat.config", "ConfigError"), ("jaxchat.checkpoint", "CheckpointError"),
+                      ("jaxchat.corpus", "CorpusError")):
+        try:
+            user_errors.append(getattr(__import__(mod, fromlist=[name]), name))
+        except (ImportError, AttributeError):
+            pass
+    try:
+        main()
+    except tuple(user_errors) + (FileNotFoundError,) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -20,7 +20,7 @@ from pathlib import Path
 from jaxchat import config as C
 from jaxchat import evaluate, stage
 from jaxchat.checkpoint import load_model
-from jaxchat.common import base_dir, log_section, print0, process_index
+from jaxchat.common import base_dir, cli, log_section, print0, process_index
 from jaxchat.tokenizer import Tokenizer
 
 
@@ -51,4 +51,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

@@ -13,7 +13,7 @@ import numpy as np
 from jaxchat import config as C
 from jaxchat import data, evaluate, stage
 from jaxchat.checkpoint import load_model
-from jaxchat.common import log_section, print0
+from jaxchat.common import cli, log_section, print0
 from jaxchat.engine import Engine
 from jaxchat.tokenizer import Tokenizer
 
@@ -64,4 +64,4 @@ def _previous(tag):
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

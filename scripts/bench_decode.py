@@ -8,6 +8,8 @@ device's bandwidth is known. The last line of output is JSON.
 """
 from __future__ import annotations
 
+from jaxchat.common import cli
+
 import json
 import math
 import sys
@@ -90,4 +92,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

@@ -7,6 +7,8 @@ time and peak memory. The last line of output is JSON.
 """
 from __future__ import annotations
 
+from jaxchat.common import cli
+
 import json
 import sys
 import time
@@ -88,4 +90,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

@@ -8,6 +8,8 @@ Replies stream token by token; calculator calls show as [calculator: expr = resu
 """
 from __future__ import annotations
 
+from jaxchat.common import cli
+
 import sys
 
 from jaxchat import config as C
@@ -104,4 +106,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

@@ -25,7 +25,7 @@ from pathlib import Path
 from jaxchat import config as C
 from jaxchat import evaluate, stage
 from jaxchat.checkpoint import load_model
-from jaxchat.common import base_dir, log_section, print0, process_index
+from jaxchat.common import base_dir, cli, log_section, print0, process_index
 from jaxchat.engine import Engine
 from jaxchat.tasks import CHATCORE_BASELINES
 from jaxchat.tokenizer import Tokenizer
@@ -89,4 +89,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

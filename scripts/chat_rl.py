@@ -19,7 +19,7 @@ import numpy as np
 from jaxchat import config as C
 from jaxchat import stage, train
 from jaxchat.checkpoint import Checkpoints
-from jaxchat.common import log_section, print0
+from jaxchat.common import cli, log_section, print0
 from jaxchat.data import bucket_length
 from jaxchat.engine import Engine
 from jaxchat.tasks import rl_tasks
@@ -136,4 +136,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

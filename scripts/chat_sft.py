@@ -18,7 +18,7 @@ from jaxchat import config as C
 from jaxchat import data, stage, train
 from jaxchat import model as gpt
 from jaxchat.checkpoint import Checkpoints
-from jaxchat.common import log_section, print0
+from jaxchat.common import cli, log_section, print0
 from jaxchat.tasks import sft_mixture
 from jaxchat.tokenizer import Tokenizer
 
@@ -104,4 +104,4 @@ def _take(it, n):
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

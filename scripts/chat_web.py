@@ -24,7 +24,7 @@ def build_app(cfg):
     """Load the checkpoint, start the engine service and return the Flask app (runs inside the worker)."""
     from jaxchat import stage
     from jaxchat.checkpoint import load_model
-    from jaxchat.common import print0
+    from jaxchat.common import cli, print0
     from jaxchat.tokenizer import Tokenizer
     from jaxchat.web import Defaults, EngineService, create_app
 
@@ -67,4 +67,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

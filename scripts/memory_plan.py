@@ -10,6 +10,8 @@ flash attention on GPU never stores, so on GPU the figure is an upper bound. The
 """
 from __future__ import annotations
 
+from jaxchat.common import cli
+
 import json
 import os
 import sys
@@ -86,4 +88,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

@@ -16,7 +16,7 @@ from jaxchat import config as C
 from jaxchat import data, evaluate, stage, train
 from jaxchat import model as gpt
 from jaxchat.checkpoint import Checkpoints
-from jaxchat.common import log_section, print0
+from jaxchat.common import cli, log_section, print0
 from jaxchat.tasks import mid_train_mixture
 from jaxchat.tokenizer import Tokenizer
 
@@ -75,4 +75,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

@@ -16,7 +16,7 @@ import argparse
 import glob
 import json
 
-from jaxchat.common import log_section
+from jaxchat.common import cli, log_section
 import os
 import random
 import sysconfig
@@ -206,4 +206,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

@@ -10,35 +10,20 @@ from __future__ import annotations
 import argparse
 import json
 
-from jaxchat.common import log_section
+from jaxchat.common import cli, log_section
 import time
 
 import numpy as np
 
 
-def _int(x: str) -> int:
-    """Accept 20000000, 20_000_000 and 2e7."""
-    try:
-        return int(x)
-    except ValueError:
-        v = float(x)
-        if v != int(v):
-            raise argparse.ArgumentTypeError(f"not an integer: {x}")
-        return int(v)
+def parse_args(argv=None):
+    """`--preset NAME` plus [tokenizer] keys (vocab_size, max_chars, doc_cap, source) and --num_threads."""
+    from jaxchat import config as C
 
-
-def _opt_int(x: str) -> int | None:
-    return None if x.lower() in ("none", "null", "-1", "0") else _int(x)
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Train the jaxchat tokenizer (sentencepiece BPE).")
-    p.add_argument("--vocab_size", type=_int, default=8192, help="total vocabulary incl. specials and byte pieces")
-    p.add_argument("--max_chars", type=_int, default=20_000_000, help="characters of text to train on")
-    p.add_argument("--doc_cap", type=_opt_int, default=10_000, help="truncate each document to this many chars")
-    p.add_argument("--source", type=str, default="embedded", help="corpus source for jaxchat.corpus.iter_documents")
-    p.add_argument("--num_threads", type=_opt_int, default=None, help="sentencepiece threads (default: all cores)")
-    return p.parse_args(argv)
+    cfg = C.load(["tokenizer"], argv, extra={"num_threads": 0})
+    t = cfg.tokenizer
+    return argparse.Namespace(vocab_size=t.vocab_size, max_chars=t.max_chars, doc_cap=t.doc_cap or None,
+                              source=t.source, num_threads=cfg.extra.num_threads or None)
 
 
 def main(argv=None) -> dict:
@@ -98,4 +83,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)
