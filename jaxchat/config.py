@@ -142,6 +142,7 @@ class MidConfig(TrainConfig):
     source: str = "base"
     model_tag: str = ""
     online: bool = False  # use nanochat's real mixtures from the hub
+    arithmetic_repeat: int = 1  # oversample the calculator-arithmetic task (offline mixture)
     eval_every: int = 150
     eval_tokens: int = 20 * 524_288
     warmdown_ratio: float = 0.2
@@ -152,6 +153,7 @@ class SFTConfig(TrainConfig):
     source: str = "mid"
     model_tag: str = ""
     online: bool = False
+    arithmetic_repeat: int = 1
     device_batch_size: int = 4
     target_examples_per_step: int = 32
     num_epochs: int = 1

@@ -4,7 +4,7 @@ calculator tool — batched.
 Everything the device runs is a pure jitted function over one `DecodeState` pytree (donated, so the cache
 is updated in place):
 
-    cache        {"k", "v": [L, B, S, K, Dh], "pos": [B]}   (sharded: batch over the data axes)
+    cache        {"k", "v": L arrays [B, K, S, Dh], "pos": [B]}   (sharded: batch over the data axes)
     token        [B]      last emitted token (fed at the next step)
     active       [B]      row still generating
     n, max_new   [B]      tokens generated so far / allowed
@@ -49,18 +49,21 @@ FORCED_CAP = 64  # longest forced tool output (tokens)
 
 def sample(logits_BxV, key_B, temperature_B, top_k_B):
     """Per-row sampling: temperature 0 → argmax; else softmax(logits / T) restricted to the row's top-k
-    (0 = whole vocabulary). Keys are per row, so a row's output does not depend on its neighbours."""
+    (0 = whole vocabulary). Keys are per row, so a row's output does not depend on its neighbours. The
+    whole-vocabulary path (random numbers for every token) only runs when some row asks for it."""
     logits = logits_BxV.astype(jnp.float32)
     V = logits.shape[-1]
     kmax = min(KMAX, V)
-    top_vals, top_idx = jax.lax.top_k(logits, kmax)
     t = jnp.maximum(temperature_B, 1e-6)[:, None]
+    top_vals, top_idx = jax.lax.top_k(logits, kmax)
     k = jnp.where(top_k_B > 0, jnp.minimum(top_k_B, kmax), kmax)[:, None]
     masked = jnp.where(jnp.arange(kmax)[None] < k, top_vals / t, -jnp.inf)
     pick_k = jax.vmap(jax.random.categorical)(key_B, masked)
-    from_topk = jnp.take_along_axis(top_idx, pick_k[:, None], axis=-1)[:, 0]
-    full = jax.vmap(jax.random.categorical)(key_B, logits / t)
-    sampled = jnp.where(top_k_B[:] > 0, from_topk, full) if V > kmax else from_topk
+    sampled = jnp.take_along_axis(top_idx, pick_k[:, None], axis=-1)[:, 0]
+    if V > kmax:
+        full = lambda: jax.vmap(jax.random.categorical)(key_B, logits / t)  # noqa: E731
+        needs_full = jnp.any((top_k_B <= 0) & (temperature_B > 0))
+        sampled = jax.lax.cond(needs_full, lambda: jnp.where(top_k_B > 0, sampled, full()), lambda: sampled)
     greedy = jnp.argmax(logits, axis=-1)
     return jnp.where(temperature_B <= 0, greedy, sampled).astype(jnp.int32)
 
@@ -80,6 +83,11 @@ def new_state(cfg: ModelConfig, batch: int, cache_len: int, max_new: int, *, dty
         "key": jax.random.split(jax.random.key(0), batch),
         "temperature": z(batch, d=jnp.float32), "top_k": z(batch),
     }
+
+
+@partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+def _new_state_jit(cfg, batch, cache_len, max_new, dtype):
+    return new_state(cfg, batch, cache_len, max_new, dtype=dtype)
 
 
 @dataclass(frozen=True)
@@ -106,7 +114,7 @@ def _emit(st, sampled_B, stops: Stops):
     ended = jnp.zeros_like(act)
     for e in stops.ends:
         ended |= tok == e
-    cache_full = st["cache"]["pos"] + 1 >= st["cache"]["k"].shape[2]
+    cache_full = st["cache"]["pos"] + 1 >= st["cache"]["k"][0].shape[2]
     done = act & (ended | (n >= st["max_new"]) | cache_full)
     needs = act & ~done & (tok == stops.python_end) if stops.python_end >= 0 else jnp.zeros_like(act)
     return {**st, "token": jnp.where(act, tok, st["token"]), "out": out, "sampled": smp, "n": n,
@@ -125,10 +133,12 @@ def prefill(params, st, rows_R, tokens_RxT, lengths_R, max_new_R, temperature_R,
     Rows are reset (pos 0). `fresh=True` runs attention over the prompt chunk alone (the rows are empty)."""
     cache = st["cache"]
     R, T = tokens_RxT.shape
-    sub = {"k": cache["k"][:, rows_R], "v": cache["v"][:, rows_R], "pos": jnp.zeros((R,), jnp.int32)}
+    sub = {"k": [c[rows_R] for c in cache["k"]], "v": [c[rows_R] for c in cache["v"]],
+           "pos": jnp.zeros((R,), jnp.int32)}
     logits, sub = gpt.forward(params, tokens_RxT, cfg, cache=sub, lengths_B=lengths_R, fresh=fresh)
     last = jnp.take_along_axis(logits, (lengths_R - 1)[:, None, None], axis=1)[:, 0]
-    cache = {"k": cache["k"].at[:, rows_R].set(sub["k"]), "v": cache["v"].at[:, rows_R].set(sub["v"]),
+    cache = {"k": [c.at[rows_R].set(n) for c, n in zip(cache["k"], sub["k"])],
+             "v": [c.at[rows_R].set(n) for c, n in zip(cache["v"], sub["v"])],
              "pos": cache["pos"].at[rows_R].set(sub["pos"])}
     st = {**st, "cache": cache}
     reset = {"active": True, "n": 0, "forced_len": 0, "forced_pos": 0, "needs_host": False, "token": 0}
@@ -165,6 +175,9 @@ def run(params, st, max_steps, *, cfg: ModelConfig, stops: Stops):
     def cond(carry):
         st, i = carry
         return jnp.any(st["active"]) & ~jnp.any(st["needs_host"]) & (i < max_steps)
+
+    if not cfg.scan_layers:  # slice the stacked layers once, outside the loop
+        params = {**params, "blocks": gpt.unstack_layers(params["blocks"])}
 
     def body(carry):
         st, i = carry
@@ -248,7 +261,7 @@ class Engine:
 
     # -- state placement
     def _new_state(self, batch: int, cache_len: int, max_new: int):
-        st = jax.jit(lambda: new_state(self.cfg, batch, cache_len, max_new, dtype=self.cache_dtype))()
+        st = _new_state_jit(self.cfg, batch, cache_len, max_new, self.cache_dtype)
         if self.mesh is not None:
             st = jax.device_put(st, state_shardings(st, self.mesh))
         return st
@@ -395,11 +408,12 @@ def prefill_broadcast(params, st, tokens_PxT, lengths_P, num_samples, max_new, t
     P, T = tokens_PxT.shape
     R = P * num_samples
     cache = st["cache"]
-    sub = {"k": cache["k"][:, :P], "v": cache["v"][:, :P], "pos": jnp.zeros((P,), jnp.int32)}
+    sub = {"k": [c[:P] for c in cache["k"]], "v": [c[:P] for c in cache["v"]], "pos": jnp.zeros((P,), jnp.int32)}
     logits, sub = gpt.forward(params, tokens_PxT, cfg, cache=sub, lengths_B=lengths_P, fresh=True)
     last_P = jnp.take_along_axis(logits, (lengths_P - 1)[:, None, None], axis=1)[:, 0]
     rep = lambda a, ax: jnp.repeat(a, num_samples, axis=ax)  # noqa: E731
-    cache = {"k": cache["k"].at[:, :R].set(rep(sub["k"], 1)), "v": cache["v"].at[:, :R].set(rep(sub["v"], 1)),
+    cache = {"k": [c.at[:R].set(rep(n, 0)) for c, n in zip(cache["k"], sub["k"])],
+             "v": [c.at[:R].set(rep(n, 0)) for c, n in zip(cache["v"], sub["v"])],
              "pos": cache["pos"].at[:R].set(rep(sub["pos"], 0))}
     rows = jnp.arange(R)
     st = {**st, "cache": cache}

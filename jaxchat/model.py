@@ -161,36 +161,35 @@ def causal_attention(q_BxTxHxDh, k_BxTxKxDh, v_BxTxKxDh, cfg: ModelConfig):
     return o.transpose(0, 3, 1, 2, 4).reshape(B, T, H, Dh)
 
 
-def cached_attention(q_BxTxHxDh, kc_BxSxKxDh, vc_BxSxKxDh, qpos_BxT):
+def cached_attention(q_BxTxHxDh, kc_BxKxSxDh, vc_BxKxSxDh, qpos_BxT):
     """Attention of new queries against the whole cache; key j is visible to a query at position p iff j <= p.
 
     Keys beyond a row's own position (padding of a ragged prefill, stale entries) are never visible."""
     B, T, H, Dh = q_BxTxHxDh.shape
-    S, K = kc_BxSxKxDh.shape[1], kc_BxSxKxDh.shape[2]
-    q = q_BxTxHxDh.reshape(B, T, K, H // K, Dh)
-    s = jnp.einsum("btkgd,bskd->bkgts", q, kc_BxSxKxDh, preferred_element_type=jnp.float32) * (1.0 / math.sqrt(Dh))
+    K, S = kc_BxKxSxDh.shape[1], kc_BxKxSxDh.shape[2]
+    q = q_BxTxHxDh.reshape(B, T, K, H // K, Dh) * (1.0 / math.sqrt(Dh))
     visible_BxTxS = jnp.arange(S)[None, None, :] <= qpos_BxT[:, :, None]
+    s = jnp.einsum("btkgd,bksd->bkgts", q, kc_BxKxSxDh, preferred_element_type=jnp.float32)
     s = jnp.where(visible_BxTxS[:, None, None], s, -1e30)
-    p = jax.nn.softmax(s, axis=-1).astype(vc_BxSxKxDh.dtype)
-    o = jnp.einsum("bkgts,bskd->btkgd", p, vc_BxSxKxDh)
+    p = jax.nn.softmax(s, axis=-1).astype(vc_BxKxSxDh.dtype)
+    o = jnp.einsum("bkgts,bksd->btkgd", p, vc_BxKxSxDh)
     return o.reshape(B, T, H, Dh)
 
 
-def _write_layer(cache_LxBxSxKxDh, layer, new_BxTxKxDh, pos_B):
-    """Scatter this layer's new keys/values into the full stacked cache at each row's own position. On a
-    donated or loop-carried buffer XLA does this in place (no copy of the cache per token)."""
+def _write_rows(cache_BxKxSxDh, new_BxTxKxDh, pos_B):
+    """Scatter new keys/values into a layer's cache at each row's own position. On a donated or loop-carried
+    buffer XLA does this in place (no copy of the cache per token)."""
     B, T = new_BxTxKxDh.shape[:2]
     rows = jnp.arange(B)[:, None]
     cols = pos_B[:, None] + jnp.arange(T)[None, :]
-    return cache_LxBxSxKxDh.at[layer, rows, cols].set(new_BxTxKxDh.astype(cache_LxBxSxKxDh.dtype),
-                                                      mode="drop", unique_indices=True)
+    new = new_BxTxKxDh.astype(cache_BxKxSxDh.dtype)  # [B, T, K, Dh] lands at [b, :, pos + t, :]
+    return cache_BxKxSxDh.at[rows, :, cols].set(new, mode="drop", unique_indices=True)
 
 
-def block(p: Params, x_BxTxD, cos, sin, cfg: ModelConfig, cache=None, layer=None, pos_B=None, qpos_BxT=None,
-          fresh: bool = False):
-    """One transformer block. With `cache` = (k, v) full stacked caches [L,B,S,K,Dh], this layer's keys and
-    values are written at each row's position and attention reads the cache (or, when `fresh`, the chunk
-    itself: a prefill into an empty cache needs no cache reads). Returns (x, cache)."""
+def block(p: Params, x_BxTxD, cos, sin, cfg: ModelConfig, kv=None, pos_B=None, qpos_BxT=None, fresh: bool = False):
+    """One transformer block. With `kv` = (k, v), this layer's caches [B,K,S,Dh], the new keys and values are
+    written at each row's position and attention reads the cache (or, when `fresh`, the chunk itself: a
+    prefill into an empty cache needs no cache reads). Returns (x, kv)."""
     B, T, D = x_BxTxD.shape
     H, K, Dh = cfg.n_head, cfg.kv_heads, cfg.head_dim
     dt = x_BxTxD.dtype
@@ -202,20 +201,27 @@ def block(p: Params, x_BxTxD, cos, sin, cfg: ModelConfig, cache=None, layer=None
     q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
     q, k = rms_norm(q), rms_norm(k)
     q = _name(q, "q")
-    if cache is None or fresh:
+    if kv is None or fresh:
         o = causal_attention(q, k, v, cfg)
-    if cache is not None:
-        kc, vc = _write_layer(cache[0], layer, k, pos_B), _write_layer(cache[1], layer, v, pos_B)
+    if kv is not None:
+        kc, vc = _write_rows(kv[0], k, pos_B), _write_rows(kv[1], v, pos_B)
         if not fresh:
-            o = cached_attention(q, kc[layer], vc[layer], qpos_BxT)
-        cache = (kc, vc)
+            o = cached_attention(q, kc, vc, qpos_BxT)
+        kv = (kc, vc)
     o = _name(o.reshape(B, T, H * Dh), "attn_out")
     x_BxTxD = constrain(x_BxTxD + o @ p["wo"].astype(dt), ACT)
     h = rms_norm(x_BxTxD)
     u = _name(constrain(h @ p["w_fc"].astype(dt), ("batch", "seq", "act_mlp")), "mlp_in")
     u = jnp.square(jax.nn.relu(u))
     x_BxTxD = constrain(x_BxTxD + u @ p["w_proj"].astype(dt), ACT)
-    return x_BxTxD, cache
+    return x_BxTxD, kv
+
+
+def unstack_layers(blocks) -> list:
+    """Per-layer param dicts from the stacked [L, ...] arrays. The decode loop does this once, outside its
+    while_loop, so no step re-slices the weights."""
+    n = jax.tree.leaves(blocks)[0].shape[0]
+    return [jax.tree.map(lambda a: a[i], blocks) for i in range(n)]
 
 
 def _name(x, name):
@@ -239,7 +245,7 @@ def _remat_policy(cfg: ModelConfig):
 def hidden_states(params: Params, tokens_BxT, cfg: ModelConfig, *, cache=None, lengths_B=None, fresh: bool = False):
     """Embedding → blocks → final norm. Returns (h_BxTxD, new_cache or None).
 
-    With `cache` ({"k","v": [L,B,S,K,Dh], "pos": [B] int32}), the tokens are written at each row's `pos`,
+    With `cache` ({"k","v": L arrays [B,K,S,Dh], "pos": [B] int32}), the tokens are written at each row's `pos`,
     rotary uses absolute positions pos + t, attention sees the cache, and the returned cache has
     pos += lengths_B (default T; right-padded rows pass their true lengths — padding lands beyond the new
     pos, is never attended to, and is overwritten by the next tokens). `fresh=True` promises the cache is
@@ -254,25 +260,26 @@ def hidden_states(params: Params, tokens_BxT, cfg: ModelConfig, *, cache=None, l
         pos_BxT = cache["pos"][:, None] + jnp.arange(T)[None]
     cos, sin = rotary_tables(pos_BxT, cfg.head_dim, cfg.rope_theta)
 
-    def body(carry, xs):
-        x, kv = carry
-        p, layer = xs
-        x, kv = block(p, x, cos, sin, cfg, cache=kv, layer=layer, pos_B=None if cache is None else cache["pos"],
-                      qpos_BxT=pos_BxT, fresh=fresh)
-        return (x, kv), None
-
-    if cfg.remat != "none":
-        body = jax.checkpoint(body, policy=_remat_policy(cfg))
-    kv = None if cache is None else (cache["k"], cache["v"])
-    if cfg.scan_layers:
-        (x, kv), _ = jax.lax.scan(body, (x, kv), (blocks, jnp.arange(cfg.n_layer)))
-    else:
-        for i in range(cfg.n_layer):
-            (x, kv), _ = body((x, kv), (jax.tree.map(lambda a: a[i], blocks), i))
     new_cache = None
-    if cache is not None:
+    if cache is None:  # training / scoring: optionally scanned and rematerialised
+        def body(x, p):
+            return block(p, x, cos, sin, cfg)[0], None
+
+        if cfg.remat != "none":
+            body = jax.checkpoint(body, policy=_remat_policy(cfg))
+        if cfg.scan_layers:
+            x, _ = jax.lax.scan(body, x, blocks)
+        else:
+            for p in (blocks if isinstance(blocks, (list, tuple)) else unstack_layers(blocks)):
+                x, _ = body(x, p)
+    else:  # inference: one cache array per layer, updated in place, layers unrolled
+        layers = blocks if isinstance(blocks, (list, tuple)) else unstack_layers(blocks)
+        ks, vs = list(cache["k"]), list(cache["v"])
+        for i, p in enumerate(layers):
+            x, (ks[i], vs[i]) = block(p, x, cos, sin, cfg, kv=(ks[i], vs[i]), pos_B=cache["pos"], qpos_BxT=pos_BxT,
+                                      fresh=fresh)
         lengths = jnp.full((B,), T, jnp.int32) if lengths_B is None else lengths_B.astype(jnp.int32)
-        new_cache = {"k": kv[0], "v": kv[1], "pos": cache["pos"] + lengths}
+        new_cache = {"k": ks, "v": vs, "pos": cache["pos"] + lengths}
     return rms_norm(x), new_cache
 
 
@@ -319,7 +326,15 @@ def token_nll(params: Params, tokens_BxT, targets_BxT, cfg: ModelConfig):
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None):
-    """An empty KV cache pytree: {"k", "v": zeros [L, B, S, K, Dh], "pos": zeros [B] int32}."""
+    """An empty KV cache pytree: {"k", "v": one zeros [B, K, S, Dh] array per layer, "pos": zeros [B] int32}.
+
+    Two choices differ from the issue's sketch of one stacked [L, B, S, K, Dh] array, both for decode speed
+    (measured on CPU; the same copies happen on GPU): heads come before positions, so attention reads each
+    head's keys as one contiguous [S, Dh] matrix (positions-major made XLA copy the whole cache into this
+    order for every layer at every step: 9x slower decode attention); and layers are separate arrays, because
+    slicing one layer out of a stacked cache is another full copy per layer per step."""
     dtype = jnp.dtype(dtype or cfg.compute_dtype)
-    shape = (cfg.n_layer, batch, max_len, cfg.kv_heads, cfg.head_dim)
-    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype), "pos": jnp.zeros((batch,), jnp.int32)}
+    shape = (batch, cfg.kv_heads, max_len, cfg.head_dim)
+    return {"k": [jnp.zeros(shape, dtype) for _ in range(cfg.n_layer)],
+            "v": [jnp.zeros(shape, dtype) for _ in range(cfg.n_layer)],
+            "pos": jnp.zeros((batch,), jnp.int32)}

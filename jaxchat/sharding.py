@@ -62,9 +62,7 @@ RULES = Rules()
 
 # Logical axes of the non-param arrays.
 BATCH_AXES = ("batch", "seq")
-CACHE_AXES = {"k": ("layers", "cache_batch", "cache_seq", "cache_heads", "head_dim"),
-              "v": ("layers", "cache_batch", "cache_seq", "cache_heads", "head_dim"),
-              "pos": ("cache_batch",)}
+CACHE_LAYER_AXES = ("cache_batch", "cache_heads", "cache_seq", "head_dim")  # each layer's k / v
 
 
 def make_mesh(cfg: MeshConfig = MeshConfig(), devices=None) -> Mesh:
@@ -146,7 +144,9 @@ def batch_sharding(mesh: Mesh, ndim: int = 2, rules: Rules = RULES, leading: int
 
 
 def cache_shardings(cache, mesh: Mesh, rules: Rules = RULES):
-    return tree_shardings(CACHE_AXES, cache, mesh, rules)
+    axes = {"k": [CACHE_LAYER_AXES] * len(cache["k"]), "v": [CACHE_LAYER_AXES] * len(cache["v"]),
+            "pos": ("cache_batch",)}
+    return tree_shardings(axes, cache, mesh, rules)
 
 
 def batch_divisor(mesh: Mesh, rules: Rules = RULES) -> int:

@@ -69,8 +69,8 @@ def main(argv=None):
         steps = x.new_tokens - 1  # the first token comes from the prefill
         weight_bytes = sum(a.size * jnp.dtype(mc.compute_dtype).itemsize for a in jax.tree.leaves(params)) - \
             params["wte"].size * jnp.dtype(mc.compute_dtype).itemsize
-        S = st["cache"]["k"].shape[2]
-        cache_bytes = 2 * mc.n_layer * B * S * mc.kv_heads * mc.head_dim * st["cache"]["k"].dtype.itemsize
+        S = st["cache"]["k"][0].shape[2]
+        cache_bytes = 2 * mc.n_layer * B * S * mc.kv_heads * mc.head_dim * st["cache"]["k"][0].dtype.itemsize
         kind = jax.devices()[0].device_kind
         bw = next((v for k, v in BANDWIDTH.items() if k.lower() in kind.lower()), None)
         step_s = decode_s / steps

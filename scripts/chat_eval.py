@@ -40,6 +40,7 @@ def main(argv=None):
     cfg = C.load(["mesh", "eval"], argv, extra={"source": "sft", "model_tag": "", "step": -1, "tasks": "",
                                                 "workers": 2, "timeout": 5.0, "seed": 42, "output": ""})
     x, ec = cfg.extra, cfg.eval
+    x_given = any(a == "--max_problems" or a.startswith("--max_problems=") for a in argv)
     names = [evaluate.canonical_chat_name(t.strip()) for t in re.split(r"[|,]", x.tasks) if t.strip()]
     names = names or list(DEFAULT_TASKS)
     ctx = stage.init(cfg.mesh)
@@ -54,11 +55,11 @@ def main(argv=None):
     results = {}
     for name in names:
         task = evaluate.chat_task(name)
+        # A preset's per-kind budgets refine max_problems, but -x on the command line means every task.
         limit = ec.max_problems
-        if task.eval_type != "categorical" and ec.max_problems_generative >= 0:
-            limit = ec.max_problems_generative
-        if name == "Arithmetic" and ec.arithmetic_problems >= 0:
-            limit = ec.arithmetic_problems
+        kind = ec.arithmetic_problems if name == "Arithmetic" else ec.max_problems_generative
+        if task.eval_type != "categorical" and kind >= 0 and not x_given:
+            limit = kind
         n = len(task) if limit < 0 else min(limit, len(task))
         print0(f"[chat_eval] {name}: {n} problems ({evaluate.CHAT_SPLITS[name]})")
         if task.eval_type == "categorical":

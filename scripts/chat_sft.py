@@ -41,7 +41,7 @@ def main(argv=None):
         raise C.ConfigError(f"target_examples_per_step={tc.target_examples_per_step} must be a multiple of "
                             f"device_batch_size x devices = {rows}")
     accum = tc.target_examples_per_step // rows
-    train_task = sft_mixture("train", online=tc.online, seed=tc.seed)
+    train_task = sft_mixture("train", online=tc.online, seed=tc.seed, arithmetic_repeat=tc.arithmetic_repeat)
     val_task = sft_mixture("val", online=tc.online, seed=tc.seed)
     T = mc.max_seq_len
     batches = data.SFTBatches(train_task, tok, rows=local_rows, accum=accum, max_tokens=T, seed=tc.seed,

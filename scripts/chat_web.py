@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 
 from jaxchat import config as C
+from jaxchat.common import cli
 from jaxchat.web.server import serve, threads_for
 
 EXTRA = {"source": "sft", "model_tag": "", "step": -1, "port": 8000, "host": "127.0.0.1", "max_batch": 8,
@@ -24,7 +25,7 @@ def build_app(cfg):
     """Load the checkpoint, start the engine service and return the Flask app (runs inside the worker)."""
     from jaxchat import stage
     from jaxchat.checkpoint import load_model
-    from jaxchat.common import cli, print0
+    from jaxchat.common import print0
     from jaxchat.tokenizer import Tokenizer
     from jaxchat.web import Defaults, EngineService, create_app
 

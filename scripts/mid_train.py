@@ -32,7 +32,7 @@ def main(argv=None):
     rows, local_rows = stage.rows_per_process(tc.device_batch_size, ctx)
     accum = train.grad_accum_steps(tc.total_batch_size, tc.device_batch_size, T, ctx.n_devices)
     tokens_per_step = accum * rows * T
-    train_task = mid_train_mixture("train", online=tc.online, seed=tc.seed)
+    train_task = mid_train_mixture("train", online=tc.online, seed=tc.seed, arithmetic_repeat=tc.arithmetic_repeat)
     val_task = mid_train_mixture("val", online=tc.online, seed=tc.seed)
     total = stage.estimate_tokens(train_task, tok, T)
     epoch_steps = max(1, int(total // tokens_per_step))

@@ -128,8 +128,11 @@ def _check(split):
         raise ValueError(f"mixture split must be 'train' or 'val', got {split!r}")
 
 
-def mid_train_mixture(split: str = "train", online: bool = False, seed: int = 42) -> TaskMixture:
-    """Midtraining conversations (rendered, packed and trained on all tokens by the midtraining stage)."""
+def mid_train_mixture(split: str = "train", online: bool = False, seed: int = 42,
+                      arithmetic_repeat: int = 1) -> TaskMixture:
+    """Midtraining conversations (rendered, packed and trained on all tokens by the midtraining stage).
+    `arithmetic_repeat` multiplies the number of (distinct) calculator-arithmetic conversations (the tiny
+    preset uses it so a 7M-parameter model sees enough tool-use examples in minutes)."""
     _check(split)
     s = OFFLINE_SIZES
     if online:
@@ -147,15 +150,16 @@ def mid_train_mixture(split: str = "train", online: bool = False, seed: int = 42
         identity = Identity("train", size=s["identity"])
         tasks = [ChitChat("train", stop=s["chitchat_mid"]), ChatterBot("train"), ARC("ARC-Easy", "validation"),
                  ARC("ARC-Challenge", "validation"), MMLU("dev"), MMLU("validation"), identity, identity,
-                 Arithmetic("train", size=s["arithmetic_mid"]), SimpleSpelling("train", size=s["simple_spelling_mid"]),
-                 SpellingBee("train", size=s["spelling_bee_mid"])]
+                 Arithmetic("train", size=s["arithmetic_mid"] * max(1, arithmetic_repeat)),
+                 SimpleSpelling("train", size=s["simple_spelling_mid"]), SpellingBee("train", size=s["spelling_bee_mid"])]
     else:
         tasks = [ChitChat("val"), ChatterBot("val")] + _synthetic_val()
     return TaskMixture(tasks, seed=seed)
 
 
-def sft_mixture(split: str = "train", online: bool = False, seed: int = 42) -> TaskMixture:
-    """SFT conversations (one padded row per conversation, loss on assistant tokens)."""
+def sft_mixture(split: str = "train", online: bool = False, seed: int = 42, arithmetic_repeat: int = 1) -> TaskMixture:
+    """SFT conversations (one padded row per conversation, loss on assistant tokens); `arithmetic_repeat` as
+    in `mid_train_mixture`."""
     _check(split)
     s = OFFLINE_SIZES
     if online:
@@ -168,9 +172,10 @@ def sft_mixture(split: str = "train", online: bool = False, seed: int = 42) -> T
             tasks = [SmolTalk("test")]
         return TaskMixture(tasks, seed=seed)
     if split == "train":
-        a0 = s["arithmetic_mid"]
+        a0 = 100_000  # SFT arithmetic items start past anything midtraining uses
         tasks = [ARC("ARC-Easy", "validation"), ARC("ARC-Challenge", "validation"), MMLU("dev"),
-                 Arithmetic("train", size=a0 + s["arithmetic_sft"], start=a0),  # items not seen in midtraining
+                 # items not seen in midtraining (midtraining uses at most the first 100K)
+                 Arithmetic("train", start=a0, size=a0 + s["arithmetic_sft"] * max(1, arithmetic_repeat)),
                  Identity("train", size=s["identity"]), SimpleSpelling("train", size=s["simple_spelling_sft"]),
                  SpellingBee("train", size=s["spelling_bee_sft"]), ChitChat("train", stop=s["chitchat_sft"])]
     else:
