@@ -107,15 +107,15 @@ def cli(main) -> None:
     clear message and exit with status 2 instead of a traceback."""
     import sys
 
-    user_errors = []
-    for mod, name in (("jaxchat.config", "ConfigError"), ("jaxchat.checkpoint", "CheckpointError"),
-                      ("jaxchat.corpus", "CorpusError")):
-        try:
-            user_errors.append(getattr(__import__(mod, fromlist=[name]), name))
-        except (ImportError, AttributeError):
-            pass
     try:
         main()
-    except tuple(user_errors) + (FileNotFoundError,) as e:
+    except Exception as e:
+        # looked up only now, from modules already loaded: importing them up front would initialise JAX
+        # before a script (memory_plan, bench_*) sets its XLA flags
+        kinds = [FileNotFoundError] + [getattr(sys.modules[m], n) for m, n in (
+            ("jaxchat.config", "ConfigError"), ("jaxchat.checkpoint", "CheckpointError"),
+            ("jaxchat.corpus", "CorpusError")) if hasattr(sys.modules.get(m), n)]
+        if not isinstance(e, tuple(kinds)):
+            raise
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -1,0 +1,40 @@
+"""The benchmark scripts as CI-size smoke tests: each runs as its own process (so its own XLA flags apply),
+exits 0 and ends with a JSON line carrying the figures the README tables are built from."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = ["--depth=2", "--vocab_size=512", "--max_seq_len=64"]
+
+
+def run_script(module: str, *args: str) -> dict:
+    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
+    p = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def test_bench_train_smoke():
+    r = run_script("scripts.bench_train", *SMALL, "--steps=2", "--device_batch_size=2")
+    assert r["bench"] == "train" and r["tokens_per_s"] > 0 and r["flops_per_s"] > 0 and r["compile_s"] > 0
+    assert r["depth"] == 2 and r["seq_len"] == 64 and r["mfu"] is None  # no peak for a CPU
+
+
+def test_bench_decode_smoke():
+    r = run_script("scripts.bench_decode", *SMALL, "--prompt_len=8", "--new_tokens=8", "--batches=1,2", "--reps=1")
+    assert r["bench"] == "decode" and [x["batch"] for x in r["results"]] == [1, 2]
+    for x in r["results"]:
+        assert x["tokens_per_s"] > 0 and x["new_tokens_total"] == 8 * x["batch"]
+
+
+def test_memory_plan_emulates_its_devices():
+    """Started bare (1 CPU device), the script must emulate the mesh it plans for and compile the real step."""
+    r = run_script("scripts.memory_plan", *SMALL, "--devices=4", "--device_batch_size=2", "--total_batch_size=-1")
+    assert r["devices"] == 4 and r["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}, r
+    assert 0 < r["per_device_gb"]["total"] < 1 and r["fits"], r
