@@ -58,7 +58,8 @@ def test_pg_loss_and_gradient_equal_the_reference():
     params = {**params, "lm_head": 0.05 * jax.random.normal(jax.random.key(1), params["lm_head"].shape)}
     prompts, seqs, masks, adv = toy_batch()
     b = policy_gradient_batch(prompts, seqs, masks, adv, pad_id=PAD, buckets=(16,))
-    loss, _, grads = train.loss_and_grads(params, {k: jnp.asarray(v) for k, v in b.items()}, cfg)
+    lg = jax.jit(lambda p, batch: train.loss_and_grads(p, batch, cfg))
+    loss, _, grads = lg(params, {k: jnp.asarray(v) for k, v in b.items()})
 
     picks = []  # (row, position, token, advantage) for every sampled token, from the raw inputs
     for i, (p, s, m) in enumerate(zip(prompts, seqs, masks)):
@@ -71,12 +72,12 @@ def test_pg_loss_and_gradient_equal_the_reference():
         logp = jax.nn.log_softmax(gpt.forward(p, jnp.asarray(b["inputs"][0]), cfg), axis=-1)
         return -jnp.sum(a * logp[rows, pos, toks]) / len(picks)
 
-    ref_loss, ref_grads = jax.value_and_grad(reference)(params)
+    ref_loss, ref_grads = jax.jit(jax.value_and_grad(reference))(params)
     np.testing.assert_allclose(float(loss), float(ref_loss), rtol=1e-5, atol=1e-6)
     for (path, g), r in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(ref_grads)):
         np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-4, atol=1e-6, err_msg=str(path))
     assert float(jnp.abs(ref_grads["lm_head"]).max()) > 0
     # flipping every advantage flips the gradient: the forced tokens and padding contribute nothing either way
     b_neg = {**b, "weights": -b["weights"]}
-    _, _, g_neg = train.loss_and_grads(params, {k: jnp.asarray(v) for k, v in b_neg.items()}, cfg)
+    _, _, g_neg = lg(params, {k: jnp.asarray(v) for k, v in b_neg.items()})
     np.testing.assert_allclose(np.asarray(g_neg["lm_head"]), -np.asarray(grads["lm_head"]), rtol=1e-5, atol=1e-7)

@@ -68,13 +68,14 @@ def test_loss_masks_and_weights():
     w = rng.normal(size=(1, 2, 8)).astype(np.float32)
     nll = np.asarray(gpt.token_nll(params, jnp.asarray(x[0]), jnp.asarray(y[0]), CFG))
     valid = y[0] >= 0
-    loss, mean_nll, _ = train.loss_and_grads(params, {"inputs": x, "targets": y, "weights": w}, CFG)
+    lg = jax.jit(lambda p, b: train.loss_and_grads(p, b, CFG))  # eager op-by-op on 8 devices is slow
+    loss, mean_nll, _ = lg(params, {"inputs": x, "targets": y, "weights": w})
     np.testing.assert_allclose(float(loss), (w[0] * nll)[valid].sum() / valid.sum(), rtol=1e-5)
     np.testing.assert_allclose(float(mean_nll), nll[valid].mean(), rtol=1e-5)
     # changing a masked target's value changes nothing
     y2 = y.copy()
     y2[0, 1, 5] = -7
-    loss2, _, _ = train.loss_and_grads(params, {"inputs": x, "targets": y2, "weights": w}, CFG)
+    loss2, _, _ = lg(params, {"inputs": x, "targets": y2, "weights": w})
     assert float(loss2) == pytest.approx(float(loss))
 
 
