@@ -517,11 +517,7 @@ class NanochatTokenizer:
     def __len__(self) -> int:
         return self.vocab_size
 
-    def encode_special(self, name: str) -> int:
-        try:
-            return self.special_ids[name]
-        except KeyError:
-            raise KeyError(f"unknown special token {name!r}; known: {SPECIAL_TOKENS}") from None
+    encode_special = Tokenizer.encode_special  # same lookup and error over self.special_ids
 
     def token_bytes(self) -> np.ndarray:
         """int32 [vocab]: UTF-8 bytes per token, 0 for specials (nanochat's token_bytes)."""
