@@ -160,7 +160,11 @@ def prefill(params, st, rows_R, tokens_RxT, lengths_R, max_new_R, temperature_R,
 
 
 def _decode_once(params, st, cfg: ModelConfig, stops: Stops):
-    logits, cache = gpt.forward(params, st["token"][:, None], cfg, cache=st["cache"])
+    # attend over the smallest key window that holds every active row's keys (its position + 1)
+    S = st["cache"]["k"][0].shape[2]
+    need = jnp.max(jnp.where(st["active"], st["cache"]["pos"] + 1, 1))
+    logits, cache = gpt.forward(params, st["token"][:, None], cfg, cache=st["cache"],
+                                window_idx=gpt.window_index(need, S))
     # rows that are not active must not advance their cache position
     cache = {**cache, "pos": jnp.where(st["active"], cache["pos"], st["cache"]["pos"])}
     st = {**st, "cache": cache}

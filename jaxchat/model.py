@@ -186,10 +186,28 @@ def _write_rows(cache_BxKxSxDh, new_BxTxKxDh, pos_B):
     return cache_BxKxSxDh.at[rows, :, cols].set(new, mode="drop", unique_indices=True)
 
 
-def block(p: Params, x_BxTxD, cos, sin, cfg: ModelConfig, kv=None, pos_B=None, qpos_BxT=None, fresh: bool = False):
+def decode_windows(cache_len: int) -> tuple[int, ...]:
+    """Key-window lengths a decode step may attend over: powers of two from 128, then the whole cache."""
+    ws, w = [], 128
+    while w < cache_len:
+        ws.append(w)
+        w *= 2
+    return tuple(ws) + (cache_len,)
+
+
+def window_index(need, cache_len: int):
+    """Index into `decode_windows(cache_len)` of the smallest window holding `need` keys (a traced int)."""
+    return jnp.searchsorted(jnp.asarray(decode_windows(cache_len)), need).clip(0, len(decode_windows(cache_len)) - 1)
+
+
+def block(p: Params, x_BxTxD, cos, sin, cfg: ModelConfig, kv=None, pos_B=None, qpos_BxT=None, fresh: bool = False,
+          window_idx=None):
     """One transformer block. With `kv` = (k, v), this layer's caches [B,K,S,Dh], the new keys and values are
     written at each row's position and attention reads the cache (or, when `fresh`, the chunk itself: a
-    prefill into an empty cache needs no cache reads). Returns (x, kv)."""
+    prefill into an empty cache needs no cache reads). With `window_idx` (decode), attention reads only the
+    first `decode_windows(S)[window_idx]` keys — the caller guarantees every query it cares about sits below
+    that — so a step's attention cost follows the longest live row, not the cache's allocated length; one
+    compiled step holds a branch per window. Returns (x, kv)."""
     B, T, D = x_BxTxD.shape
     H, K, Dh = cfg.n_head, cfg.kv_heads, cfg.head_dim
     dt = x_BxTxD.dtype
@@ -205,8 +223,13 @@ def block(p: Params, x_BxTxD, cos, sin, cfg: ModelConfig, kv=None, pos_B=None, q
         o = causal_attention(q, k, v, cfg)
     if kv is not None:
         kc, vc = _write_rows(kv[0], k, pos_B), _write_rows(kv[1], v, pos_B)
-        if not fresh:
+        if not fresh and window_idx is None:
             o = cached_attention(q, kc, vc, qpos_BxT)
+        elif not fresh:
+            def attend(w):
+                return lambda: cached_attention(q, kc[:, :, :w], vc[:, :, :w], qpos_BxT)
+
+            o = jax.lax.switch(window_idx, [attend(w) for w in decode_windows(kc.shape[2])])
         kv = (kc, vc)
     o = _name(o.reshape(B, T, H * Dh), "attn_out")
     x_BxTxD = constrain(x_BxTxD + o @ p["wo"].astype(dt), ACT)
@@ -242,14 +265,16 @@ def _remat_policy(cfg: ModelConfig):
 # Forward
 
 
-def hidden_states(params: Params, tokens_BxT, cfg: ModelConfig, *, cache=None, lengths_B=None, fresh: bool = False):
+def hidden_states(params: Params, tokens_BxT, cfg: ModelConfig, *, cache=None, lengths_B=None, fresh: bool = False,
+                  window_idx=None):
     """Embedding → blocks → final norm. Returns (h_BxTxD, new_cache or None).
 
     With `cache` ({"k","v": L arrays [B,K,S,Dh], "pos": [B] int32}), the tokens are written at each row's `pos`,
     rotary uses absolute positions pos + t, attention sees the cache, and the returned cache has
     pos += lengths_B (default T; right-padded rows pass their true lengths — padding lands beyond the new
     pos, is never attended to, and is overwritten by the next tokens). `fresh=True` promises the cache is
-    empty for these rows (pos = 0), so attention runs over the chunk alone."""
+    empty for these rows (pos = 0), so attention runs over the chunk alone; `window_idx` limits a decode
+    step's attention to a key window (see `block`)."""
     dt = jnp.dtype(cfg.compute_dtype)
     B, T = tokens_BxT.shape
     x = constrain(rms_norm(params["wte"].astype(dt)[tokens_BxT]), ACT)
@@ -277,7 +302,7 @@ def hidden_states(params: Params, tokens_BxT, cfg: ModelConfig, *, cache=None, l
         ks, vs = list(cache["k"]), list(cache["v"])
         for i, p in enumerate(layers):
             x, (ks[i], vs[i]) = block(p, x, cos, sin, cfg, kv=(ks[i], vs[i]), pos_B=cache["pos"], qpos_BxT=pos_BxT,
-                                      fresh=fresh)
+                                      fresh=fresh, window_idx=window_idx)
         lengths = jnp.full((B,), T, jnp.int32) if lengths_B is None else lengths_B.astype(jnp.int32)
         new_cache = {"k": ks, "v": vs, "pos": cache["pos"] + lengths}
     return rms_norm(x), new_cache
@@ -289,9 +314,11 @@ def logits_from_hidden(params: Params, h_BxTxD, cfg: ModelConfig):
     return cfg.softcap * jnp.tanh(logits / cfg.softcap)
 
 
-def forward(params: Params, tokens_BxT, cfg: ModelConfig, *, cache=None, lengths_B=None, fresh: bool = False):
+def forward(params: Params, tokens_BxT, cfg: ModelConfig, *, cache=None, lengths_B=None, fresh: bool = False,
+            window_idx=None):
     """Logits [B, T, V] (float32, soft-capped). With a cache, returns (logits, new_cache)."""
-    h, new_cache = hidden_states(params, tokens_BxT, cfg, cache=cache, lengths_B=lengths_B, fresh=fresh)
+    h, new_cache = hidden_states(params, tokens_BxT, cfg, cache=cache, lengths_B=lengths_B, fresh=fresh,
+                                 window_idx=window_idx)
     logits = logits_from_hidden(params, h, cfg)
     return logits if cache is None else (logits, new_cache)
 

@@ -61,6 +61,29 @@ def test_greedy_with_cache_equals_full_forward(setup, tok, mesh):
     assert all(masks[0])
 
 
+def test_decode_windows_cover_the_cache():
+    assert gpt.decode_windows(128) == (128,)
+    assert gpt.decode_windows(512) == (128, 256, 512)
+    assert gpt.decode_windows(320) == (128, 256, 320)
+    idx = [int(gpt.window_index(jnp.asarray(n), 512)) for n in (1, 128, 129, 256, 257, 512, 600)]
+    assert idx == [0, 0, 1, 1, 2, 2, 2]
+
+
+def test_greedy_exact_across_attention_windows(setup, tok):
+    """A batch whose long row crosses the 128-key window while its short row stays below: both rows equal
+    greedy decoding by full forwards (the window only drops keys no active row can see)."""
+    cfg, p = setup
+    eng = E.Engine(p, cfg, tok)
+    long_prompt = tok.encode("def f(x):\n    return x * 2 + 1\n" * 6, prepend=tok.bos_id)[:112]
+    short_prompt = tok.encode("import os", prepend=tok.bos_id)
+    seqs, _ = eng.generate_batch([long_prompt, short_prompt], max_tokens=40, temperature=0.0, use_tools=False)
+    for prompt, got in zip((long_prompt, short_prompt), seqs):
+        ref = greedy_reference(p, cfg, prompt, 40, eng.ends)
+        ref = ref[:-1] if ref and ref[-1] in eng.ends else ref
+        assert got == ref
+    assert len(long_prompt) + len(seqs[0]) > 130  # really crossed into the 256-key window
+
+
 def test_ragged_batch_rows_match_their_own_runs(setup, tok):
     cfg, p = setup
     eng = E.Engine(p, cfg, tok)

@@ -203,3 +203,29 @@ def test_nnx_module_and_pure_functions_agree():
     np.testing.assert_allclose(np.asarray(m(tokens)), np.asarray(fwd(p, tokens, TINY)), rtol=1e-5, atol=1e-5)
     axes = gpt.param_axes(TINY)
     assert axes["wte"] == ("vocab", "embed") and axes["blocks"]["w_fc"] == ("layers", "embed", "mlp")
+
+
+def test_windowed_decode_step_equals_full_cache_attention():
+    """A decode step that attends over a key window (128 or 256 of a 512-slot cache) gives the same logits as
+    attending over the whole cache when the window holds every row's keys, and different ones when it cuts
+    a row's keys off (so the window really limits what is read)."""
+    p = random_params(TINY, seed=5)
+    rng = np.random.default_rng(5)
+    lens = [140, 20]  # row 0 lives past the first 128-key window, row 1 inside it
+    padded = np.zeros((2, max(lens)), np.int64)
+    for i, n in enumerate(lens):
+        padded[i, :n] = rng.integers(0, TINY.vocab_size, n)
+    cache = gpt.init_cache(TINY, batch=2, max_len=512)
+    _, cache = fwd(p, jnp.asarray(padded), TINY, cache=cache, lengths_B=jnp.asarray(lens))
+    nxt = jnp.asarray(rng.integers(0, TINY.vocab_size, (2, 1)))
+    full, full_cache = fwd(p, nxt, TINY, cache=cache)
+    need = int(cache["pos"].max()) + 1
+    idx = gpt.window_index(jnp.asarray(need), 512)
+    assert int(idx) == 1  # 141 keys -> the 256 window
+    win, win_cache = fwd(p, nxt, TINY, cache=cache, window_idx=idx)
+    np.testing.assert_allclose(np.asarray(win), np.asarray(full), rtol=1e-5, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(win_cache), jax.tree.leaves(full_cache)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+    cut, _ = fwd(p, nxt, TINY, cache=cache, window_idx=jnp.asarray(0))  # 128 keys: too few for row 0
+    np.testing.assert_allclose(np.asarray(cut[1]), np.asarray(full[1]), rtol=1e-5, atol=1e-5)
+    assert np.abs(np.asarray(cut[0]) - np.asarray(full[0])).max() > 1e-3
