@@ -197,7 +197,8 @@ def decode_windows(cache_len: int) -> tuple[int, ...]:
 
 def window_index(need, cache_len: int):
     """Index into `decode_windows(cache_len)` of the smallest window holding `need` keys (a traced int)."""
-    return jnp.searchsorted(jnp.asarray(decode_windows(cache_len)), need).clip(0, len(decode_windows(cache_len)) - 1)
+    ws = decode_windows(cache_len)
+    return jnp.searchsorted(jnp.asarray(ws), need).clip(0, len(ws) - 1)
 
 
 def block(p: Params, x_BxTxD, cos, sin, cfg: ModelConfig, kv=None, pos_B=None, qpos_BxT=None, fresh: bool = False,
