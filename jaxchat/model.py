@@ -224,13 +224,12 @@ def block(p: Params, x_BxTxD, cos, sin, cfg: ModelConfig, kv=None, pos_B=None, q
         o = causal_attention(q, k, v, cfg)
     if kv is not None:
         kc, vc = _write_rows(kv[0], k, pos_B), _write_rows(kv[1], v, pos_B)
-        if not fresh and window_idx is None:
-            o = cached_attention(q, kc, vc, qpos_BxT)
-        elif not fresh:
+        if not fresh:
             def attend(w):
                 return lambda: cached_attention(q, kc[:, :, :w], vc[:, :, :w], qpos_BxT)
 
-            o = jax.lax.switch(window_idx, [attend(w) for w in decode_windows(kc.shape[2])])
+            S = kc.shape[2]
+            o = attend(S)() if window_idx is None else jax.lax.switch(window_idx, list(map(attend, decode_windows(S))))
         kv = (kc, vc)
     o = _name(o.reshape(B, T, H * Dh), "attn_out")
     x_BxTxD = constrain(x_BxTxD + o @ p["wo"].astype(dt), ACT)

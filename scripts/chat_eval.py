@@ -40,7 +40,7 @@ def main(argv=None):
     cfg = C.load(["mesh", "eval"], argv, extra={"source": "sft", "model_tag": "", "step": -1, "tasks": "",
                                                 "workers": 2, "timeout": 5.0, "seed": 42, "output": ""})
     x, ec = cfg.extra, cfg.eval
-    x_given = any(a == "--max_problems" or a.startswith("--max_problems=") for a in argv)
+    x_given = "max_problems" in C.parse_overrides(argv)[1]
     names = [evaluate.canonical_chat_name(t.strip()) for t in re.split(r"[|,]", x.tasks) if t.strip()]
     names = names or list(DEFAULT_TASKS)
     ctx = stage.init(cfg.mesh)

@@ -413,6 +413,19 @@ def test_offline_mixture_sizes():
         T.sft_mixture("test")
 
 
+def test_arithmetic_repeat_keeps_mid_and_sft_problems_apart():
+    """Oversampled calculator arithmetic: midtraining's items never reach SFT's, and a repeat that would make
+    them overlap is refused."""
+    mid, sft = T.mid_train_mixture("train", arithmetic_repeat=2), T.sft_mixture("train", arithmetic_repeat=2)
+    n_mid, n_sft = T.OFFLINE_SIZES["arithmetic_mid"], T.OFFLINE_SIZES["arithmetic_sft"]
+    assert len(mid) == 24142 + n_mid and len(sft) == 5246 + n_sft
+    (a_mid,) = [t for t in mid.tasks if isinstance(t, T.Arithmetic)]
+    (a_sft,) = [t for t in sft.tasks if isinstance(t, T.Arithmetic)]
+    assert a_mid.start + len(a_mid) <= T.SFT_ARITHMETIC_START <= a_sft.start and len(a_sft) == 2 * n_sft
+    with pytest.raises(ValueError, match="arithmetic_repeat"):
+        T.mid_train_mixture("train", arithmetic_repeat=T.SFT_ARITHMETIC_START // n_mid + 1)
+
+
 def test_registry():
     assert len(T.get_task("ARC-Easy")) == 2376
     assert len(T.get_task("arc_challenge")) == 1172

@@ -128,6 +128,11 @@ def _check(split):
         raise ValueError(f"mixture split must be 'train' or 'val', got {split!r}")
 
 
+# Calculator-arithmetic items: midtraining takes train items [0, arithmetic_mid × repeat), SFT takes items from
+# here on, so SFT always sees problems midtraining did not.
+SFT_ARITHMETIC_START = 100_000
+
+
 def mid_train_mixture(split: str = "train", online: bool = False, seed: int = 42,
                       arithmetic_repeat: int = 1) -> TaskMixture:
     """Midtraining conversations (rendered, packed and trained on all tokens by the midtraining stage).
@@ -147,11 +152,15 @@ def mid_train_mixture(split: str = "train", online: bool = False, seed: int = 42
                      SimpleSpelling("val", size=200), SpellingBee("val", size=200)]
         return TaskMixture(tasks, seed=seed)
     if split == "train":
+        if s["arithmetic_mid"] * max(1, arithmetic_repeat) > SFT_ARITHMETIC_START:
+            raise ValueError(f"arithmetic_repeat={arithmetic_repeat} would reach the SFT arithmetic items "
+                             f"(at most {SFT_ARITHMETIC_START // s['arithmetic_mid']})")
         identity = Identity("train", size=s["identity"])
         tasks = [ChitChat("train", stop=s["chitchat_mid"]), ChatterBot("train"), ARC("ARC-Easy", "validation"),
                  ARC("ARC-Challenge", "validation"), MMLU("dev"), MMLU("validation"), identity, identity,
                  Arithmetic("train", size=s["arithmetic_mid"] * max(1, arithmetic_repeat)),
-                 SimpleSpelling("train", size=s["simple_spelling_mid"]), SpellingBee("train", size=s["spelling_bee_mid"])]
+                 SimpleSpelling("train", size=s["simple_spelling_mid"]),
+                 SpellingBee("train", size=s["spelling_bee_mid"])]
     else:
         tasks = [ChitChat("val"), ChatterBot("val")] + _synthetic_val()
     return TaskMixture(tasks, seed=seed)
@@ -172,9 +181,8 @@ def sft_mixture(split: str = "train", online: bool = False, seed: int = 42, arit
             tasks = [SmolTalk("test")]
         return TaskMixture(tasks, seed=seed)
     if split == "train":
-        a0 = 100_000  # SFT arithmetic items start past anything midtraining uses
+        a0 = SFT_ARITHMETIC_START
         tasks = [ARC("ARC-Easy", "validation"), ARC("ARC-Challenge", "validation"), MMLU("dev"),
-                 # items not seen in midtraining (midtraining uses at most the first 100K)
                  Arithmetic("train", start=a0, size=a0 + s["arithmetic_sft"] * max(1, arithmetic_repeat)),
                  Identity("train", size=s["identity"]), SimpleSpelling("train", size=s["simple_spelling_sft"]),
                  SpellingBee("train", size=s["spelling_bee_sft"]), ChitChat("train", stop=s["chitchat_sft"])]
