@@ -15,7 +15,7 @@ log() { printf '[run_all %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 pick_python() {
   for py in "${JAXCHAT_PYTHON:-}" python3.12 python3.11 python3; do
     [ -n "$py" ] || continue
-    if command -v "$py" >/dev/null 2>&1 && "$py" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)'; then
+    if command -v "$py" >/dev/null 2>&1 && "$py" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null; then
       echo "$py"; return 0
     fi
   done
