@@ -205,6 +205,7 @@ class TokenizerConfig:
     max_chars: int = 20_000_000
     doc_cap: int = 10_000
     source: str = "embedded"
+    digit_group: int = 2  # digits per number token: 2 = nanochat's \p{N}{1,2}, 1 = one token per digit
 
 
 SECTIONS: dict[str, type] = {

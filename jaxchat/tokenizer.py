@@ -8,14 +8,21 @@ downloaded offline here, so jaxchat uses sentencepiece BPE configured to behave 
 * ``normalization_rule_name="identity"``, ``remove_extra_whitespaces=False``, ``add_dummy_prefix=False``:
   the text is not touched (no NFKC, no trimming, no leading space), so newlines, tabs, ``\\r\\n`` and
   indentation runs survive; ``allow_whitespace_only_pieces=True`` lets runs of spaces become single pieces
-  (important for code). ``split_digits=True``: every digit is its own token (nanochat groups 1-2 digits).
+  (important for code).
+* Digits never merge with other text (``split_digits=True``). ``digit_group=2`` (nanochat's split pattern
+  ``\\p{N}{1,2}``; the GPU presets) cuts numbers into pairs from the left ("12345" → "12" "34" "5"): the
+  10 digits and 100 pairs "00".."99" are user-defined symbols, which sentencepiece matches longest-first in
+  raw text. ``digit_group=1`` (the tiny preset) gives every digit its own token: measured on the tiny
+  pipeline, pairs lowered held-out calculator arithmetic after SFT from 77% to 69.5% (200 problems) — the
+  4-layer model copies pair tokens but loses count of them ("1931 + 9304" → "19 + 93").
 * The 9 special tokens are sentencepiece CONTROL symbols: they own ids but the encoder never produces them
   from text, so a user typing "<|assistant_end|>" cannot inject the real token (user-defined symbols would
   match raw text). sentencepiece's own bos/eos/pad are disabled; its mandatory ``<unk>`` sits at id 0 and
   is never produced (byte fallback covers everything).
 
-Id layout: 0 ``<unk>``, 1..9 the specials in ``SPECIAL_TOKENS`` order (so ``<|bos|>`` is 1),
-10..265 the byte pieces ``<0x00>``..``<0xFF>``, then the learned merges and single characters.
+Id layout: 0 ``<unk>``, 1..9 the specials in ``SPECIAL_TOKENS`` order (so ``<|bos|>`` is 1); with
+``digit_group=2`` 10..19 the digits "0".."9" and 20..119 the pairs "00".."99"; then the 256 byte pieces
+``<0x00>``..``<0xFF>`` (10..265 or 120..375), then the learned merges and single characters.
 The vocab size asked for is the total, all of these included.
 
 sentencepiece's space marker: the encoder rewrites " " as U+2581 "▁", so a literal "▁" in the input would
@@ -61,7 +68,10 @@ SPECIAL_TOKENS = [
 SP_SPACE = "\u2581"  # sentencepiece's whitespace marker "▁"
 UNK_PIECE = "<unk>"
 _N_BYTE_PIECES = 256
-_MIN_VOCAB = 1 + len(SPECIAL_TOKENS) + _N_BYTE_PIECES  # unk + specials + bytes
+# digit_group=2: "0".."9" then "00".."99". The singles are symbols too, so a digit never falls back to byte
+# pieces however rare lone digits become once pairs take most of them.
+DIGIT_PIECES = [str(a) for a in range(10)] + [f"{a}{b}" for a in range(10) for b in range(10)]
+_MIN_VOCAB = 1 + len(SPECIAL_TOKENS) + _N_BYTE_PIECES  # unk + specials + bytes (+ 110 digit pieces for pairs)
 _MAX_SENTENCE_CHARS = 16_384  # longest training "sentence"; longer documents are cut at newlines
 TOKENIZER_FILENAME = "tokenizer.model"
 TOKEN_BYTES_FILENAME = "token_bytes.npy"
@@ -120,15 +130,22 @@ def train_tokenizer(
     doc_cap: int | None = 10_000,
     num_threads: int | None = None,
     character_coverage: float = 0.9995,
+    digit_group: int = 2,
 ) -> "Tokenizer":
     """Train a sentencepiece BPE tokenizer in-process from an iterator of documents.
 
     ``vocab_size`` is the total vocabulary (``<unk>``, the 9 specials and 256 byte pieces included).
     Each document is cut to ``doc_cap`` chars; training stops after ``max_chars`` chars in all.
+    ``digit_group``: 1 = one token per digit, 2 = pairs of digits (nanochat), see the module docstring.
     The returned tokenizer has ``train_info`` (documents, sentences, chars, seconds).
     """
-    if vocab_size <= _MIN_VOCAB:
-        raise ValueError(f"vocab_size must exceed {_MIN_VOCAB} (unk + {len(SPECIAL_TOKENS)} specials + 256 bytes)")
+    if digit_group not in (1, 2):
+        raise ValueError(f"digit_group must be 1 (one token per digit) or 2 (pairs, as nanochat), got {digit_group!r}")
+    digit_pieces = DIGIT_PIECES if digit_group == 2 else []
+    min_vocab = _MIN_VOCAB + len(digit_pieces)
+    if vocab_size <= min_vocab:
+        raise ValueError(f"vocab_size must exceed {min_vocab} (unk + {len(SPECIAL_TOKENS)} specials + "
+                         f"{len(digit_pieces)} digit pieces + 256 bytes)")
     if num_threads is None:
         num_threads = max(1, min(os.cpu_count() or 1, 16))
     info = {"documents": 0, "sentences": 0, "chars": 0}
@@ -150,6 +167,7 @@ def train_tokenizer(
             max_sentence_length=4 * _MAX_SENTENCE_CHARS + 16,  # bytes; 4 = longest UTF-8 char
             input_sentence_size=0,  # use every sentence
             control_symbols=SPECIAL_TOKENS,
+            user_defined_symbols=digit_pieces,
             unk_id=0,
             unk_piece=UNK_PIECE,
             bos_id=-1,
@@ -167,7 +185,8 @@ def train_tokenizer(
     if tok.vocab_size != vocab_size:  # hard_vocab_limit makes sentencepiece fail instead; keep the promise
         raise RuntimeError(f"trained vocab {tok.vocab_size} != requested {vocab_size}")
     tok.train_info = dict(info, seconds=round(time.time() - t0, 3), vocab_size=int(vocab_size),
-                          doc_cap=doc_cap, max_chars=max_chars, num_threads=int(num_threads))
+                          doc_cap=doc_cap, max_chars=max_chars, num_threads=int(num_threads),
+                          digit_group=int(digit_group))
     return tok
 
 

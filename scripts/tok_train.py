@@ -17,13 +17,14 @@ import numpy as np
 
 
 def parse_args(argv=None):
-    """`--preset NAME` plus [tokenizer] keys (vocab_size, max_chars, doc_cap, source) and --num_threads."""
+    """`--preset NAME` plus [tokenizer] keys (vocab_size, max_chars, doc_cap, source, digit_group) and
+    --num_threads."""
     from jaxchat import config as C
 
     cfg = C.load(["tokenizer"], argv, extra={"num_threads": 0})
     t = cfg.tokenizer
     return argparse.Namespace(vocab_size=t.vocab_size, max_chars=t.max_chars, doc_cap=t.doc_cap or None,
-                              source=t.source, num_threads=cfg.extra.num_threads or None)
+                              source=t.source, digit_group=t.digit_group, num_threads=cfg.extra.num_threads or None)
 
 
 def main(argv=None) -> dict:
@@ -33,11 +34,11 @@ def main(argv=None) -> dict:
     from jaxchat.tokenizer import SPECIAL_TOKENS, TOKEN_BYTES_FILENAME, TOKENIZER_FILENAME, default_tokenizer_dir, train_tokenizer
 
     print0(f"tok_train: vocab_size={args.vocab_size:,} max_chars={args.max_chars:,} doc_cap={args.doc_cap} "
-           f"source={args.source}")
+           f"source={args.source} digit_group={args.digit_group}")
     t0 = time.time()
     texts = iter_documents(args.source, "train", max_chars=args.max_chars, doc_cap=args.doc_cap)
     tok = train_tokenizer(texts, args.vocab_size, max_chars=args.max_chars, doc_cap=args.doc_cap,
-                          num_threads=args.num_threads)
+                          num_threads=args.num_threads, digit_group=args.digit_group)
     train_time = time.time() - t0  # includes reading the corpus
     info = tok.train_info or {}
     print0(f"trained on {info.get('chars', 0):,} chars ({info.get('documents', 0):,} documents) "
@@ -63,6 +64,7 @@ def main(argv=None) -> dict:
         "source": args.source,
         "max_chars": args.max_chars,
         "doc_cap": args.doc_cap,
+        "digit_group": args.digit_group,
         "train_chars": info.get("chars"),
         "train_documents": info.get("documents"),
         "train_time_s": round(train_time, 3),

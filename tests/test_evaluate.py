@@ -328,7 +328,8 @@ def test_windowed_logits_match_full_logits(tok):
     m1, x1 = full.score(rows, starts, ends)
     m2, x2 = win.score(rows, starts, ends)
     np.testing.assert_allclose(m1, m2, rtol=2e-5)
-    assert (x1 == x2).all() and {(t, w) for _, t, w in win.shapes} == {(64, 32), (128, 128)}  # window + fallback
+    shapes = {(t, w) for _, t, w in win.shapes}
+    assert (x1 == x2).all() and any(w == 32 for _, w in shapes) and (128, 128) in shapes, shapes  # window + fallback
 
 
 # ------------------------------------------------------------------------------------------------------------

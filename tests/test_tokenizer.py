@@ -9,6 +9,7 @@ import json
 import os
 import pickle
 import random
+import re
 import sys
 import sysconfig
 import types
@@ -16,7 +17,7 @@ import types
 import numpy as np
 import pytest
 
-from jaxchat.tokenizer import SPECIAL_TOKENS, SP_SPACE, Tokenizer, render_mc, train_tokenizer
+from jaxchat.tokenizer import DIGIT_PIECES, SPECIAL_TOKENS, SP_SPACE, Tokenizer, render_mc, train_tokenizer
 
 VOCAB = 1024
 
@@ -59,7 +60,9 @@ def test_layout(tok):
     assert tok.bos_id == tok.encode_special("<|bos|>") == 1
     for s in SPECIAL_TOKENS:
         assert tok.id_to_token(tok.encode_special(s)) == s
-    assert tok.id_to_token(10) == "<0x00>" and tok.id_to_token(265) == "<0xFF>"
+    assert [tok.id_to_token(i) for i in range(10, 120)] == DIGIT_PIECES
+    assert DIGIT_PIECES == [str(n) for n in range(10)] + [f"{n:02d}" for n in range(100)]
+    assert tok.id_to_token(120) == "<0x00>" and tok.id_to_token(375) == "<0xFF>"
     with pytest.raises(KeyError, match="unknown special"):
         tok.encode_special("<|nope|>")
     with pytest.raises(IndexError):
@@ -71,8 +74,9 @@ def test_token_bytes_table(tok):
     tb = tok.token_bytes()
     assert tb.dtype == np.int32 and tb.shape == (VOCAB,)
     assert tb[0] == 0 and all(tb[i] == 0 for i in tok.special_ids.values())
-    assert all(tb[i] == 1 for i in range(10, 266))  # byte pieces
-    for i in range(266, VOCAB):
+    assert all(tb[i] == 1 for i in range(10, 20)) and all(tb[i] == 2 for i in range(20, 120))  # digits, pairs
+    assert all(tb[i] == 1 for i in range(120, 376))  # byte pieces
+    for i in range(376, VOCAB):
         piece = tok.id_to_token(i)
         assert tb[i] == len(piece.replace(SP_SPACE, " ").encode("utf-8")) >= 1
     assert tb.max() >= 2
@@ -136,6 +140,27 @@ def test_round_trip_cases(tok, text):
     assert not set(ids) & set(tok.special_ids.values())
     assert 0 not in ids  # byte fallback: never <unk>
     assert int(tok.token_bytes()[ids].sum()) == len(text.encode("utf-8"))
+
+
+@pytest.mark.parametrize("text, pieces", [
+    ("12345", ["12", "34", "5"]),  # left to right, at most two digits, like nanochat's \p{N}{1,2}
+    ("x=7", None),
+    ("(3 + 33) * 0.05", None),
+    ("1999 and 2024", None),
+    ("a1b22c333", None),
+])
+def test_numbers_in_digit_pairs(tok, text, pieces):
+    ids = tok.encode(text)
+    assert tok.decode(ids) == text
+    toks = [tok.id_to_token(i) for i in ids]
+    if pieces is not None:
+        assert toks == pieces
+    digit_toks = [t for t in toks if any(c.isdigit() for c in t)]
+    assert all(t.isdigit() and len(t) <= 2 for t in digit_toks), toks  # digits never merge with other text
+    # every run of digits is cut into pairs from its left end (an odd run ends in one single digit)
+    for run in re.findall(r"\d+", text):
+        expect = [run[i:i + 2] for i in range(0, len(run), 2)]
+        assert any(digit_toks[j:j + len(expect)] == expect for j in range(len(digit_toks))), (run, toks)
 
 
 def test_round_trip_random(tok):
@@ -378,13 +403,27 @@ def test_train_arguments():
     with pytest.raises(ValueError, match="vocab_size"):
         train_tokenizer(["abc"], 200)
     texts = _training_texts(60_000)
-    t = train_tokenizer(iter(texts), 400, max_chars=40_000, doc_cap=5_000, num_threads=1)
-    assert t.vocab_size == 400
+    t = train_tokenizer(iter(texts), 500, max_chars=40_000, doc_cap=5_000, num_threads=1)
+    assert t.vocab_size == 500
     assert t.train_info["chars"] == 40_000
     assert t.train_info["documents"] >= 40_000 // 5_000
     # deterministic, whatever the thread count (the proto differs only in the recorded trainer settings)
-    t2 = train_tokenizer(iter(texts), 400, max_chars=40_000, doc_cap=5_000, num_threads=2)
-    assert [t.id_to_token(i) for i in range(400)] == [t2.id_to_token(i) for i in range(400)]
+    t2 = train_tokenizer(iter(texts), 500, max_chars=40_000, doc_cap=5_000, num_threads=2)
+    assert [t.id_to_token(i) for i in range(500)] == [t2.id_to_token(i) for i in range(500)]
+    with pytest.raises(ValueError, match="digit_group must be 1"):
+        train_tokenizer(iter(texts), 500, digit_group=3)
+
+
+def test_one_token_per_digit():
+    """digit_group=1 (the tiny preset): no digit symbols, bytes right after the specials, every digit alone."""
+    t = train_tokenizer(iter(_training_texts(60_000)), 400, max_chars=40_000, num_threads=1, digit_group=1)
+    assert t.id_to_token(10) == "<0x00>" and t.id_to_token(265) == "<0xFF>"
+    assert t.train_info["digit_group"] == 1
+    for text in ["12345", "x = 1999 + 3.14", "a22b"]:
+        ids = t.encode(text)
+        assert t.decode(ids) == text
+        digit_toks = [t.id_to_token(i) for i in ids if any(c.isdigit() for c in t.id_to_token(i))]
+        assert digit_toks == [c for c in text if c.isdigit()]
 
 
 def test_scripts_end_to_end(tmp_path, monkeypatch, capsys):
@@ -405,7 +444,7 @@ def test_scripts_end_to_end(tmp_path, monkeypatch, capsys):
     d = tmp_path / "tokenizer"
     assert (d / "tokenizer.model").exists() and (d / "token_bytes.npy").exists()
     assert json.loads((d / "tok_train.json").read_text())["vocab_size"] == 600 == summary["vocab_size"]
-    assert summary["train_chars"] == 100_000
+    assert summary["train_chars"] == 100_000 and summary["digit_group"] == 1  # the tiny preset (the default)
     assert np.array_equal(np.load(d / "token_bytes.npy"), Tokenizer.load().token_bytes())
     result = tok_eval.main([])
     kinds = {r["kind"] for r in result["rows"]}
