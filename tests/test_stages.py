@@ -1,0 +1,55 @@
+"""The stage scripts end to end on a miniature model, each through its `main(argv)` in a temporary base
+directory: tok_train → base_train → mid_train → chat_sft → chat_rl → chat_eval (the chain `run_all.sh` runs,
+with the tiny preset's keys overridden down to a few steps of a 1-layer model), on the 8-device CPU mesh
+(one row per device). The numbers a 1-layer model
+reaches in 3 steps mean nothing; what is checked is that every stage finds the previous stage's output, writes
+its own, and reports the figures the pipeline's report reads.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+MODEL = ["--depth=1", "--aspect_ratio=64", "--head_dim_target=32", "--max_seq_len=128"]
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("stages")
+
+
+def test_stage_chain(base_dir, monkeypatch):
+    monkeypatch.setenv("JAXCHAT_BASE_DIR", str(base_dir))
+    from scripts import base_train, chat_eval, chat_rl, chat_sft, mid_train, tok_train
+
+    tok = tok_train.main(["--vocab_size=512", "--max_chars=300_000", "--num_threads=1"])
+    assert tok["vocab_size"] == 512 and (base_dir / "tokenizer" / "tokenizer.model").is_file()
+
+    base = base_train.main([*MODEL, "--num_iterations=3", "--device_batch_size=1", "--eval_every=3",
+                            "--eval_tokens=512", "--sample_every=-1", "--save_every=-1", "--core_metric_every=-1"])
+    assert base["steps"] == 3 and _finite(base["val_bpb"]), base  # each next stage loads the checkpoint before it
+
+    mid = mid_train.main(["--num_iterations=2", "--device_batch_size=1", "--eval_every=2", "--eval_tokens=512"])
+    assert mid["steps"] == 2 and _finite(mid["val_bpb"]), mid
+
+    sft = chat_sft.main(["--num_iterations=2", "--device_batch_size=1", "--target_examples_per_step=8",
+                         "--eval_every=2", "--eval_steps=1", "--eval_metrics_every=-1"])
+    assert sft["steps"] == 2, sft
+
+    rl = chat_rl.main(["--num_iterations=2", "--examples_per_step=4", "--num_samples=2", "--max_new_tokens=8",
+                       "--eval_every=2", "--eval_examples=2", "--save_every=2"])
+    assert rl["steps"] == 2 and rl["reward_window"] == 1, rl
+    assert 0 <= rl["reward_first"] <= 1 and 0 <= rl["reward_last"] <= 1 and rl["rollout_tok_per_sec"] > 0
+    log = [json.loads(line) for line in (base_dir / "chatrl_checkpoints" / "d1" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if r.get("kind") == "train"] == [0, 1]
+    assert any("pass@1" in r for r in log if r.get("kind") != "train")
+
+    res = chat_eval.main(["-i", "rl", "-a", "Arithmetic", "-x", "4", "-m", "16"])
+    arith = res["tasks"]["Arithmetic"]
+    assert arith["total"] == 4 and 0 <= arith["accuracy"] <= 1, arith
