@@ -12,9 +12,8 @@ downloaded offline here, so jaxchat uses sentencepiece BPE configured to behave 
 * Digits never merge with other text (``split_digits=True``). ``digit_group=2`` (nanochat's split pattern
   ``\\p{N}{1,2}``; the GPU presets) cuts numbers into pairs from the left ("12345" → "12" "34" "5"): the
   10 digits and 100 pairs "00".."99" are user-defined symbols, which sentencepiece matches longest-first in
-  raw text. ``digit_group=1`` (the tiny preset) gives every digit its own token: measured on the tiny
-  pipeline, pairs lowered held-out calculator arithmetic after SFT from 77% to 69.5% (200 problems) — the
-  4-layer model copies pair tokens but loses count of them ("1931 + 9304" → "19 + 93").
+  raw text. ``digit_group=1`` gives every digit its own token (the tiny preset: pairs measured worse there,
+  see the README).
 * The 9 special tokens are sentencepiece CONTROL symbols: they own ids but the encoder never produces them
   from text, so a user typing "<|assistant_end|>" cannot inject the real token (user-defined symbols would
   match raw text). sentencepiece's own bos/eos/pad are disabled; its mandatory ``<unk>`` sits at id 0 and
@@ -134,7 +133,8 @@ def train_tokenizer(
 ) -> "Tokenizer":
     """Train a sentencepiece BPE tokenizer in-process from an iterator of documents.
 
-    ``vocab_size`` is the total vocabulary (``<unk>``, the 9 specials and 256 byte pieces included).
+    ``vocab_size`` is the total vocabulary (``<unk>``, the 9 specials, the digit pieces and 256 byte pieces
+    included).
     Each document is cut to ``doc_cap`` chars; training stops after ``max_chars`` chars in all.
     ``digit_group``: 1 = one token per digit, 2 = pairs of digits (nanochat), see the module docstring.
     The returned tokenizer has ``train_info`` (documents, sentences, chars, seconds).

@@ -1,16 +1,13 @@
 """The stage scripts end to end on a miniature model, each through its `main(argv)` in a temporary base
 directory: tok_train → base_train → mid_train → chat_sft → chat_rl → chat_eval (the chain `run_all.sh` runs,
 with the tiny preset's keys overridden down to a few steps of a 1-layer model), on the 8-device CPU mesh
-(one row per device). The numbers a 1-layer model
-reaches in 3 steps mean nothing; what is checked is that every stage finds the previous stage's output, writes
-its own, and reports the figures the pipeline's report reads.
+(one row per device). The numbers a 1-layer model reaches in 3 steps mean nothing; what is checked is that
+every stage finds the previous stage's output, writes its own, and reports the figures the report reads.
 """
 from __future__ import annotations
 
 import json
 import math
-
-import pytest
 
 MODEL = ["--depth=1", "--aspect_ratio=64", "--head_dim_target=32", "--max_seq_len=128"]
 
@@ -19,12 +16,8 @@ def _finite(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
-@pytest.fixture(scope="module")
-def base_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("stages")
-
-
-def test_stage_chain(base_dir, monkeypatch):
+def test_stage_chain(tmp_path, monkeypatch):
+    base_dir = tmp_path
     monkeypatch.setenv("JAXCHAT_BASE_DIR", str(base_dir))
     from scripts import base_train, chat_eval, chat_rl, chat_sft, mid_train, tok_train
 
