@@ -136,6 +136,29 @@ def test_sampler_respects_top_k_and_temperature():
     np.testing.assert_allclose(np.bincount(full, minlength=4) / 4000, [0.5, 0.3, 0.15, 0.05], atol=0.03)
 
 
+def test_topk_width_and_narrow_sampler_agree_with_wide():
+    assert [E.topk_width(k) for k in (0, 1, 50, 51, 200, 5000)] == [50, 50, 50, E.KMAX, E.KMAX, E.KMAX]
+    rng = np.random.default_rng(0)
+    row = rng.normal(size=300).astype(np.float32)
+    row[[7, 99]] = row.max() + 1.0  # a tie at the top: greedy picks the lower index
+    n = 4000
+    logits = jnp.asarray(np.tile(row, (n, 1)))
+    keys = jax.random.split(jax.random.key(1), n)
+    greedy = np.asarray(E.sample(logits, keys, jnp.zeros(n), jnp.full(n, 5, jnp.int32), kmax=50))
+    assert (greedy == 7).all()
+    top5 = np.argsort(-row, kind="stable")[:5]
+    p = np.exp(row[top5] - row[top5].max())
+    p /= p.sum()
+    for kmax in (50, E.KMAX):
+        picks = np.asarray(E.sample(logits, keys, jnp.ones(n), jnp.full(n, 5, jnp.int32), kmax=kmax))
+        assert set(np.unique(picks)) <= set(top5.tolist())
+        freq = np.asarray([(picks == i).mean() for i in top5])
+        np.testing.assert_allclose(freq, p, atol=0.03)
+    # top_k = 0 still draws from the whole vocabulary when the static width is narrow
+    full = np.asarray(E.sample(logits, keys, jnp.ones(n), jnp.zeros(n, jnp.int32), kmax=50))
+    assert len(np.unique(full)) > 50
+
+
 def test_calculator_tool_use_is_forced_and_marked(setup, tok):
     cfg, p = setup
     eng = E.Engine(p, cfg, tok)
