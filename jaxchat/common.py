@@ -48,6 +48,10 @@ class JsonlLog:
         if self.path is not None and process_index() == 0:
             self.path.parent.mkdir(parents=True, exist_ok=True)
 
+    def clear(self) -> None:
+        if self.path is not None and process_index() == 0:
+            self.path.unlink(missing_ok=True)
+
     def write(self, **record) -> None:
         if self.path is None or process_index() != 0:
             return

@@ -125,7 +125,8 @@ class TrainConfig:
     keep_checkpoints: int = 2
     log_every: int = 1
     seed: int = 42
-    resume: bool = False
+    resume: bool = False  # continue from the newest checkpoint in the stage's folder
+    overwrite: bool = False  # without --resume: replace an earlier run's checkpoints (else: a clear error)
 
 
 @dataclass(frozen=True)

@@ -49,11 +49,9 @@ def out_dir(stage: str, tag: str) -> Path:
     return d
 
 
-def logger(stage: str, tag: str, resume: bool) -> JsonlLog:
-    path = out_dir(stage, tag) / "log.jsonl"
-    if not resume and path.exists() and jax.process_index() == 0:
-        path.unlink()
-    return JsonlLog(path)
+def logger(stage: str, tag: str) -> JsonlLog:
+    """The stage's metrics log; train.run clears it when a run starts afresh (a resumed run appends)."""
+    return JsonlLog(out_dir(stage, tag) / "log.jsonl")
 
 
 def write_summary(stage: str, tag: str, summary: dict) -> Path:

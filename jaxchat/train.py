@@ -246,6 +246,7 @@ class Loop:
     save_every: int = -1
     meta: Callable[[], dict] = dict
     resume: bool = False
+    overwrite: bool = False  # a fresh run may replace the checkpoints an earlier run left in the folder
     save_optimizer: bool = True
     save_data_state: bool = True
     flops_per_token: float | None = None
@@ -257,6 +258,20 @@ class Loop:
 
 def _due(step: int, every: int, last: bool) -> bool:
     return last or (every > 0 and step > 0 and step % every == 0)
+
+
+def _start_afresh(name: str, ck, overwrite: bool) -> None:
+    """A run without --resume over a folder of old checkpoints. Checked before any work: otherwise the first
+    save would fail on a step number the old run already wrote, after that much training was done."""
+    from jaxchat.checkpoint import CheckpointError
+    from jaxchat.common import print0
+
+    steps = ck.steps()
+    if not overwrite:
+        raise CheckpointError(f"{ck.directory} holds checkpoints of an earlier run (steps {steps}). Pass --resume to "
+                              f"continue from step {steps[-1]}, or --overwrite to start afresh and replace them.")
+    print0(f"[{name}] starting afresh (--overwrite): removing the old checkpoints {steps} in {ck.directory}")
+    ck.delete_after(-1)
 
 
 def run(loop: Loop) -> tuple[dict, dict]:
@@ -274,6 +289,11 @@ def run(loop: Loop) -> tuple[dict, dict]:
     state = setup.state
     start, elapsed, ema, summary = 0, 0.0, None, {}
     ck = loop.checkpoints
+    if not loop.resume:
+        if ck is not None and ck.steps():
+            _start_afresh(loop.name, ck, loop.overwrite)
+        if loop.log is not None:
+            loop.log.clear()
     if loop.resume and ck is not None and ck.latest_step() is not None:
         abstract_opt = abstract_like(state["opt_state"], setup.state_shardings["opt_state"])
         items, meta = ck.restore(

@@ -63,7 +63,7 @@ def main(argv=None):
     setup = train.create_train_state(mc, tc, ctx.mesh, n_iter)
     out = stage.out_dir("base", tag)
     ck = Checkpoints(out, keep=tc.keep_checkpoints)
-    log = stage.logger("base", tag, tc.resume)
+    log = stage.logger("base", tag)
 
     def evaluate_fn(state, step):
         s = evaluate.loss_stats(state["params"], val_rows, token_bytes, mc, ctx.mesh, batch_rows=rows)
@@ -81,7 +81,7 @@ def main(argv=None):
     loop = train.Loop(
         setup=setup, batches=batches, name="base_train", tokens_per_step=tokens_per_step, checkpoints=ck, log=log,
         evaluate=evaluate_fn, eval_every=tc.eval_every, sample=sample_fn, sample_every=tc.sample_every,
-        save_every=tc.save_every, resume=tc.resume,
+        save_every=tc.save_every, resume=tc.resume, overwrite=tc.overwrite,
         meta=lambda: {"stage": "base", "train": dataclasses.asdict(tc), "preset": cfg.preset,
                       "tokenizer_vocab": tok.vocab_size})
     t0 = time.time()

@@ -110,10 +110,10 @@ def main(argv=None):
         return pass_at_k(eng, test_task, tok, tc.eval_examples, min(8, N), tc.max_new_tokens, 1.0, tc.top_k, seed=0)
 
     ck = Checkpoints(stage.out_dir("rl", tag), keep=tc.keep_checkpoints)
-    log = stage.logger("rl", tag, tc.resume)
+    log = stage.logger("rl", tag)
     loop = train.Loop(setup=setup, batches=None, batch_fn=rollouts, name="chat_rl", tokens_per_step=1, checkpoints=ck,
                       log=log, evaluate=evaluate_fn, eval_every=tc.eval_every, save_every=tc.save_every,
-                      resume=tc.resume, save_data_state=False, show=("reward",),
+                      resume=tc.resume, overwrite=tc.overwrite, save_data_state=False, show=("reward",),
                       meta=lambda: {"stage": "rl", "train": dataclasses.asdict(tc), "preset": cfg.preset})
     t0 = time.time()
     state, summary = train.run(loop)

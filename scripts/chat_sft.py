@@ -68,9 +68,9 @@ def main(argv=None):
         return out
 
     loop = train.Loop(setup=setup, batches=batches, name="chat_sft", tokens_per_step=accum * rows * T,
-                      checkpoints=ck, log=stage.logger("sft", tag, tc.resume), evaluate=evaluate_fn,
+                      checkpoints=ck, log=stage.logger("sft", tag), evaluate=evaluate_fn,
                       eval_every=tc.eval_every, save_every=tc.save_every, resume=tc.resume,
-                      save_optimizer=tc.save_optimizer,
+                      overwrite=tc.overwrite, save_optimizer=tc.save_optimizer,
                       meta=lambda: {"stage": "sft", "train": dataclasses.asdict(tc), "preset": cfg.preset})
     t0 = time.time()
     state, summary = train.run(loop)

@@ -58,8 +58,8 @@ def main(argv=None):
         return {"val_loss": s["loss"], "val_bpb": s["bpb"]}
 
     loop = train.Loop(setup=setup, batches=batches, name="mid_train", tokens_per_step=tokens_per_step, checkpoints=ck,
-                      log=stage.logger("mid", tag, tc.resume), evaluate=evaluate_fn, eval_every=tc.eval_every,
-                      save_every=tc.save_every, resume=tc.resume,
+                      log=stage.logger("mid", tag), evaluate=evaluate_fn, eval_every=tc.eval_every,
+                      save_every=tc.save_every, resume=tc.resume, overwrite=tc.overwrite,
                       meta=lambda: {"stage": "mid", "train": dataclasses.asdict(tc), "preset": cfg.preset})
     t0 = time.time()
     state, summary = train.run(loop)

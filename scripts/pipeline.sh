@@ -41,8 +41,8 @@ export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="${JAX_PERSISTENT_CACHE_MIN_CO
 LOGS="$REPORT/logs"
 mkdir -p "$LOGS"
 P="--preset=$PRESET"
-RESUME="--resume"  # within-stage resume from checkpoints; --force starts stages afresh
-[ "$FORCE" = 1 ] && RESUME=""
+RESUME="--resume"  # within-stage resume from checkpoints; --force starts stages afresh over the old ones
+[ "$FORCE" = 1 ] && RESUME="--overwrite"
 GPU_PRESET=0
 [ "$PRESET" != tiny ] && GPU_PRESET=1
 

@@ -2,12 +2,17 @@
 directory: tok_train → base_train → mid_train → chat_sft → chat_rl → chat_eval (the chain `run_all.sh` runs,
 with the tiny preset's keys overridden down to a few steps of a 1-layer model), on the 8-device CPU mesh
 (one row per device). The numbers a 1-layer model reaches in 3 steps mean nothing; what is checked is that
-every stage finds the previous stage's output, writes its own, and reports the figures the report reads.
+every stage finds the previous stage's output, writes its own, and reports the figures the report reads, and
+that a rerun over an earlier run's checkpoints needs --resume or --overwrite.
 """
 from __future__ import annotations
 
 import json
 import math
+
+import pytest
+
+from jaxchat.checkpoint import CheckpointError
 
 MODEL = ["--depth=1", "--aspect_ratio=64", "--head_dim_target=32", "--max_seq_len=128"]
 
@@ -28,8 +33,21 @@ def test_stage_chain(tmp_path, monkeypatch):
                             "--eval_tokens=512", "--sample_every=-1", "--save_every=-1", "--core_metric_every=-1"])
     assert base["steps"] == 3 and _finite(base["val_bpb"]), base  # each next stage loads the checkpoint before it
 
-    mid = mid_train.main(["--num_iterations=2", "--device_batch_size=1", "--eval_every=2", "--eval_tokens=512"])
+    mid_args = ["--num_iterations=2", "--device_batch_size=1", "--eval_every=2", "--eval_tokens=512"]
+    mid = mid_train.main(mid_args)
     assert mid["steps"] == 2 and _finite(mid["val_bpb"]), mid
+
+    # a second run without --resume stops before any work and leaves the first run's checkpoint alone;
+    # --overwrite replaces it (the same run again: the training chain is deterministic)
+    mid_dir = base_dir / "mid_checkpoints" / "d1"
+    before = {f: f.stat().st_mtime_ns for f in mid_dir.rglob("*") if f.is_file()}
+    with pytest.raises(CheckpointError, match=r"\(steps \[2\]\)\. Pass --resume to continue from step 2, or --overwrite"):
+        mid_train.main(mid_args)
+    assert {f: f.stat().st_mtime_ns for f in mid_dir.rglob("*") if f.is_file()} == before
+    again = mid_train.main([*mid_args, "--overwrite"])
+    assert again["val_bpb"] == mid["val_bpb"] and [p.name for p in mid_dir.iterdir() if p.name.isdigit()] == ["2"]
+    mid_log = [json.loads(line) for line in (mid_dir / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in mid_log if r.get("kind") == "train"] == [0, 1]  # the new run's steps only
 
     sft = chat_sft.main(["--num_iterations=2", "--device_batch_size=1", "--target_examples_per_step=8",
                          "--eval_every=2", "--eval_steps=1", "--eval_metrics_every=-1"])
