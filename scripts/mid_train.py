@@ -62,8 +62,8 @@ def main(argv=None):
                       save_every=tc.save_every, resume=tc.resume, overwrite=tc.overwrite,
                       meta=lambda: {"stage": "mid", "train": dataclasses.asdict(tc), "preset": cfg.preset})
     t0 = time.time()
-    state, summary = train.run(loop)
-    summary.update(evaluate_fn(state, n_iter), wall_time_s=time.time() - t0, tokens=n_iter * tokens_per_step,
+    state, summary = train.run(loop)  # its summary holds the last step's val_loss / val_bpb
+    summary.update(wall_time_s=time.time() - t0, tokens=n_iter * tokens_per_step,
                    epochs=n_iter / epoch_steps, conversations=len(train_task), depth=mc.depth, online=tc.online,
                    tok_per_sec=n_iter * tokens_per_step / max(summary["train_time_s"], 1e-9),
                    params=gpt.num_params(mc))
