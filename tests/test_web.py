@@ -498,11 +498,49 @@ def test_load_64_concurrent_streams(server, svc, tok):
     assert svc.stats()["active_rows"] == 0 and svc.stats()["queue_length"] == 0
 
 
-def test_chat_web_script_serves_a_checkpoint_with_gunicorn(tok, model, tmp_path, monkeypatch):
-    """scripts/chat_web.py end to end: a checkpoint on disk, gunicorn with one gthread worker that loads the
-    model after the fork, a streamed completion over HTTP, a clean shutdown."""
+def test_service_compiles_every_prefill_shape_while_idle(tok, model):
+    """A fresh service compiles each (rows, prompt length) prefill shape while it has nothing to do, so later
+    admissions of any shape meet no XLA compilation (counted with jax.monitoring's backend-compile event);
+    without it, the first burst of users waits on the compiler (see scripts/bench_web.py)."""
+    from jax import monitoring
+
+    cfg, params = model
+    s = make_service(tok, cfg, params, max_batch=2, prefill_rows=(1, 2), prompt_buckets=(32, 64)).start()
+    compiles = []
+
+    def listener(name, secs, **kw):
+        if name == "/jax/core/compile/backend_compile_duration":
+            compiles.append(secs)
+
+    def finish(req):
+        for kind, payload in req:
+            assert kind != "error", payload
+        return req
+
+    try:
+        assert s.wait_ready(120)
+        assert s.stats()["prefill_shapes_pending"] > 0  # nothing compiled before ready: startup stays fast
+        finish(s.submit([tok.bos_id] * 5, max_tokens=4, temperature=0.0, top_k=1))  # compiles the decode loop
+        until(lambda: s.stats()["prefill_shapes_pending"] == 0, timeout=300, what="every prefill shape to compile")
+        monitoring.register_event_duration_secs_listener(listener)
+        short, long = [tok.bos_id] * 20, [tok.bos_id] * 50  # prompt buckets 32 and 64
+        finish(s.submit(long, max_tokens=4, temperature=0.8, top_k=50))  # 1 row x 64
+        with s._cv:  # both wait before the engine thread looks: admitted together, 2 rows x 64 then 2 x 32
+            pair = [s.submit(p, max_tokens=4, temperature=0.8, top_k=50) for p in (short, long)]
+        [finish(r) for r in pair]
+        with s._cv:
+            pair = [s.submit(short, max_tokens=4, temperature=0.8, top_k=50) for _ in range(2)]
+        [finish(r) for r in pair]
+        assert s.stats()["requests_served"] == 6
+    finally:
+        monitoring.unregister_event_duration_listener(listener)
+        s.stop()
+    assert compiles == [], f"{len(compiles)} compilations after the service had compiled every prefill shape"
+
+
+def _sft_checkpoint(tok, model, tmp_path, monkeypatch) -> Path:
+    """The module's model saved as SFT step 5 (tag d2) with its tokenizer under a fresh $JAXCHAT_BASE_DIR."""
     import dataclasses
-    import signal
 
     from jaxchat.checkpoint import Checkpoints, stage_dir
 
@@ -513,6 +551,15 @@ def test_chat_web_script_serves_a_checkpoint_with_gunicorn(tok, model, tmp_path,
     ck = Checkpoints(stage_dir("sft", "d2"), async_save=False)
     ck.save(5, params=params, meta={"model": dataclasses.asdict(cfg)})
     ck.close()
+    return base
+
+
+def test_chat_web_script_serves_a_checkpoint_with_gunicorn(tok, model, tmp_path, monkeypatch):
+    """scripts/chat_web.py end to end: a checkpoint on disk, gunicorn with one gthread worker that loads the
+    model after the fork, a streamed completion over HTTP, a clean shutdown."""
+    import signal
+
+    base = _sft_checkpoint(tok, model, tmp_path, monkeypatch)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -548,6 +595,23 @@ def test_chat_web_script_serves_a_checkpoint_with_gunicorn(tok, model, tmp_path,
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, log.read_text()[-3000:]
+
+
+def test_bench_web_loads_the_server_from_client_processes(tok, model, tmp_path, monkeypatch):
+    """scripts/bench_web.py (CI size): starts chat_web on a checkpoint, waits for its prefill shapes, sends the
+    same requests from 3 client processes at once and then one by one; every reply arrives, the same both ways."""
+    base = _sft_checkpoint(tok, model, tmp_path, monkeypatch)
+    env = {**os.environ, "JAXCHAT_BASE_DIR": str(base), "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "",
+           "PYTHONPATH": str(ROOT)}
+    p = subprocess.run([sys.executable, "-m", "scripts.bench_web", "--clients=3", "--max_tokens=6", "--max_batch=2",
+                        "--cache_len=64"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    assert r["bench"] == "web" and r["server_exit"] == 0 and r["model"]["step"] == 5
+    for mode in ("concurrent", "sequential"):
+        assert r[mode]["ok"] == 3 and r[mode]["tokens"] == 18 and r[mode]["tokens_per_s"] > 0, r[mode]
+    assert r["same_replies"] and r["server_stats"]["prefill_shapes_pending"] == 0
+    assert r["server_stats"]["requests_served"] == 8  # chat_web's warm-up, the bench's, 3 at once, 3 one by one
 
 
 # ----------------------------------------------------------------------------------------------------
