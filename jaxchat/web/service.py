@@ -125,7 +125,7 @@ class EngineService:
     Fewer buckets = fewer compilations, more padding. With `precompile` (default), the service thread compiles
     every prefill shape ahead of time, one whenever it is idle, shortest prompts first: otherwise the first burst
     of users pays for XLA compiling each new (rows, length) shape it meets — measured with the tiny model on
-    2 CPU cores, 16 clients at once waited 3–6 s for their first token on a fresh server and 0.25 s on a
+    2 CPU cores, 16 clients at once waited 3–6 s for their first token on a fresh server and ~0.3 s on a
     compiled one (`scripts/bench_web.py`). A request that arrives meanwhile waits for at most one compilation."""
 
     def __init__(self, params, model_cfg, tokenizer, *, max_batch: int = 8, max_queue: int = 64,
