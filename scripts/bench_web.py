@@ -32,6 +32,20 @@ EXTRA = {"url": "", "source": "sft", "model_tag": "", "clients": 16, "max_tokens
          "wait_compiled": True}
 
 
+def sse_events(resp):
+    """The JSON events of a server-sent-event stream (an http.client response), up to the one marked done."""
+    data = []
+    while line := resp.readline():
+        line = line.decode("utf-8").rstrip("\r\n")
+        if line.startswith("data:"):
+            data.append(line[5:].strip())
+        elif not line and data:
+            ev, data = json.loads("\n".join(data)), []
+            yield ev
+            if ev.get("done"):
+                return
+
+
 def stream_chat(addr: str, body: dict, timeout: float) -> dict:
     """POST /chat/completions and read the SSE stream: status, seconds to the first token and to the end, the
     completion's token count and text."""
@@ -43,26 +57,15 @@ def stream_chat(addr: str, body: dict, timeout: float) -> dict:
         resp = conn.getresponse()
         if resp.status != 200:
             return {"status": resp.status, "error": resp.read().decode("utf-8", "replace")[:300]}
-        first, text, tokens, data, last = None, [], 0, [], {}
-        while True:
-            line = resp.readline()
-            if not line:
-                break
-            line = line.decode("utf-8").rstrip("\r\n")
-            if line.startswith("data:"):
-                data.append(line[5:].strip())
-            elif not line and data:
-                ev, data = json.loads("\n".join(data)), []
-                if "token" in ev:
-                    first = first if first is not None else time.perf_counter() - t0
-                    text.append(ev["token"])
-                if ev.get("done"):
-                    last = ev
-                    break
-        tokens = last.get("usage", {}).get("completion_tokens", 0)
+        first, text, last = None, [], {}
+        for ev in sse_events(resp):
+            if "token" in ev:
+                first = first if first is not None else time.perf_counter() - t0
+                text.append(ev["token"])
+            last = ev if ev.get("done") else last
         return {"status": 200 if last and "error" not in last else 500, "ttft_s": first,
-                "total_s": time.perf_counter() - t0, "tokens": tokens, "text": "".join(text),
-                "error": last.get("error")}
+                "total_s": time.perf_counter() - t0, "tokens": last.get("usage", {}).get("completion_tokens", 0),
+                "text": "".join(text), "error": last.get("error")}
     except OSError as e:
         return {"status": 0, "error": f"{type(e).__name__}: {e}"}
     finally:

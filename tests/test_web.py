@@ -31,6 +31,7 @@ from helpers import tiny_model, tiny_tokenizer
 from jaxchat import model as gpt
 from jaxchat.web import EngineService, StreamDecoder, create_app
 from jaxchat.web.service import pick_bucket
+from scripts.bench_web import sse_events
 
 CACHE = 256
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,22 +134,11 @@ def stream_chat(addr: str, body: dict, timeout: float = 120.0):
         out = resp.status, [json.loads(resp.read())], None, time.perf_counter() - t0
         conn.close()
         return out
-    events, first, data = [], None, []
-    while True:
-        line = resp.readline()
-        if not line:
-            break
-        line = line.decode("utf-8").rstrip("\r\n")
-        if line.startswith("data:"):
-            data.append(line[5:].strip())
-        elif not line and data:
-            ev = json.loads("\n".join(data))
-            data = []
-            events.append(ev)
-            if first is None and "token" in ev:
-                first = time.perf_counter() - t0
-            if ev.get("done"):
-                break
+    events, first = [], None
+    for ev in sse_events(resp):
+        events.append(ev)
+        if first is None and "token" in ev:
+            first = time.perf_counter() - t0
     conn.close()
     return 200, events, first, time.perf_counter() - t0
 
