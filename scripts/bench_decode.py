@@ -1,7 +1,12 @@
-"""Benchmark generation: tokens/s at batch 1 and batch 8 (prompt 64 tokens, 256 new tokens, temperature 1) on a
-randomly initialised model of the preset, through the fully jitted decode loop. Also reports the decode step
-time against its memory-bandwidth bound ((weights + KV cache bytes read per step) / bandwidth) when the
-device's bandwidth is known. The last line of output is JSON.
+"""Benchmark generation: tokens/s at batch 1 and batch 8 (prompt 64 tokens, 256 new tokens, temperature 1,
+top-k 50) on a randomly initialised model of the preset, through the fully jitted decode loop. Also reports the
+decode step time against its memory-bandwidth bound ((weights + KV cache bytes read per step) / bandwidth) when
+the device's bandwidth is known. The last line of output is JSON.
+
+A batch of B rows is measured two ways: `samples` is nanochat's `Engine.generate(prompt, num_samples=B)`, one
+prompt prefilled once and its cache copied to B rows (what `scripts/bench_nanochat.py` times on nanochat);
+`prompts` is B different prompts prefilled together (what evals and the web server do). The stop tokens lie
+outside the vocabulary, so every row decodes all new tokens, as in nanochat's count.
 
     python -m scripts.bench_decode                     # tiny preset
     python -m scripts.bench_decode --preset d20 --compute_dtype=bfloat16
@@ -28,20 +33,22 @@ BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12, "B200": 8.0e12, "L
 
 
 class _Tok:
-    """Just enough tokenizer for the engine (random ids; the stop tokens are never sampled on purpose)."""
+    """Just enough tokenizer for the engine. Its special tokens are ids past the vocabulary, so a random model
+    never samples a stop and every row runs its full length."""
 
     def __init__(self, vocab):
         self.vocab_size = vocab
-        self.bos_id = 1
+        self.bos_id = vocab
 
     def encode_special(self, name):
         names = ["<|bos|>", "<|user_start|>", "<|user_end|>", "<|assistant_start|>", "<|assistant_end|>",
                  "<|python_start|>", "<|python_end|>", "<|output_start|>", "<|output_end|>"]
-        return 1 + names.index(name)
+        return self.vocab_size + names.index(name)
 
 
 def main(argv=None):
-    cfg = C.load(["model"], argv, extra={"prompt_len": 64, "new_tokens": 256, "batches": "1,8", "reps": 3})
+    cfg = C.load(["model"], argv, extra={"prompt_len": 64, "new_tokens": 256, "batches": "1,8", "reps": 3,
+                                         "modes": "samples,prompts"})
     mc, x = cfg.model, cfg.extra
     params = jax.jit(lambda k: gpt.init_params(mc, k))(jax.random.key(0))
     # non-zero output layers (zero-init logits would be uniform: fine for timing, but keep it realistic)
@@ -49,13 +56,18 @@ def main(argv=None):
     eng = E.Engine(params, mc, _Tok(mc.vocab_size))
     rng = np.random.default_rng(0)
     results = []
-    for B in [int(b) for b in str(x.batches).split(",")]:
-        prompts = [rng.integers(10, mc.vocab_size, x.prompt_len).tolist() for _ in range(B)]
+    modes = str(x.modes).split(",")
+    if not modes or any(m not in ("samples", "prompts") for m in modes):
+        raise C.ConfigError(f"--modes takes 'samples', 'prompts' or both, comma-separated; got {x.modes!r}")
+    cases = [(B, m) for B in [int(b) for b in str(x.batches).split(",")] for m in (modes if B > 1 else modes[:1])]
+    for B, mode in cases:
+        n_prompts = B if mode == "prompts" else 1
+        prompts = [rng.integers(10, mc.vocab_size, x.prompt_len).tolist() for _ in range(n_prompts)]
         times = []
         for rep in range(x.reps + 1):
             t0 = time.perf_counter()
-            st, stops = eng.start(prompts, max_tokens=x.new_tokens, temperature=1.0, top_k=50, seed=rep,
-                                  use_tools=False)
+            st, stops = eng.start(prompts, num_samples=B // n_prompts, max_tokens=x.new_tokens, temperature=1.0,
+                                  top_k=50, seed=rep, use_tools=False)
             jax.block_until_ready(st["token"])
             t1 = time.perf_counter()
             st = E.run(params, st, x.new_tokens, cfg=mc, stops=stops)
@@ -74,14 +86,14 @@ def main(argv=None):
         kind = jax.devices()[0].device_kind
         bw = next((v for k, v in BANDWIDTH.items() if k.lower() in kind.lower()), None)
         step_s = decode_s / steps
-        r = {"batch": B, "new_tokens_total": n, "tokens_per_s": n / (prefill_s + decode_s),
+        r = {"batch": B, "mode": mode if B > 1 else "single", "new_tokens_total": n, "tokens_per_s": n / (prefill_s + decode_s),
              "decode_tokens_per_s": B * steps / decode_s, "decode_step_ms": 1e3 * step_s,
              "prefill_ms": 1e3 * prefill_s, "weights_bytes": int(weight_bytes), "cache_bytes": int(cache_bytes)}
         if bw:
             bound = (weight_bytes + cache_bytes) / bw
             r.update(bandwidth_bytes_per_s=bw, roofline_step_ms=1e3 * bound, step_vs_roofline=step_s / bound)
         results.append(r)
-        print(f"batch {B}: {r['tokens_per_s']:,.0f} tokens/s end to end ({r['decode_tokens_per_s']:,.0f} in decode), "
+        print(f"batch {B} ({r['mode']}): {r['tokens_per_s']:,.0f} tokens/s end to end ({r['decode_tokens_per_s']:,.0f} in decode), "
               f"decode step {r['decode_step_ms']:.2f} ms, prefill {r['prefill_ms']:.1f} ms"
               + (f", {r['step_vs_roofline']:.2f}x the bandwidth bound" if bw else ""), file=sys.stderr)
     out = {"bench": "decode", "device": jax.devices()[0].device_kind, "platform": jax.default_backend(),

@@ -28,9 +28,23 @@ def test_bench_train_smoke():
 
 def test_bench_decode_smoke():
     r = run_script("scripts.bench_decode", *SMALL, "--prompt_len=8", "--new_tokens=8", "--batches=1,2", "--reps=1")
-    assert r["bench"] == "decode" and [x["batch"] for x in r["results"]] == [1, 2]
-    for x in r["results"]:
+    assert r["bench"] == "decode"
+    assert [(x["batch"], x["mode"]) for x in r["results"]] == [(1, "single"), (2, "samples"), (2, "prompts")]
+    for x in r["results"]:  # the stop tokens lie outside the vocabulary: every row runs its full length
         assert x["tokens_per_s"] > 0 and x["new_tokens_total"] == 8 * x["batch"]
+
+
+def test_bench_decode_rejects_an_unknown_mode():
+    p = subprocess.run([sys.executable, "-m", "scripts.bench_decode", *SMALL, "--modes=sample"], capture_output=True,
+                       text=True, cwd=ROOT, timeout=600)
+    assert p.returncode != 0 and "--modes takes 'samples', 'prompts'" in p.stderr, p.stderr[-2000:]
+
+
+def test_bench_nanochat_needs_a_checkout(tmp_path):
+    """Without a nanochat checkout the side-by-side script says how to get one (it never runs in CI: no network)."""
+    p = subprocess.run([sys.executable, "-m", "scripts.bench_nanochat", f"--nanochat_dir={tmp_path}"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert p.returncode != 0 and "not a nanochat checkout" in p.stderr and "10231df" in p.stderr, p.stderr[-2000:]
 
 
 def test_memory_plan_emulates_its_devices():

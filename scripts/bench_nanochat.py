@@ -1,0 +1,150 @@
+"""Time nanochat's own code on this machine, in the shapes and protocol of our benchmarks, so the README's side by
+side comparison can be rerun. It needs a nanochat checkout (V1 is commit 10231df) and PyTorch (the `interop`
+extra); nothing of nanochat is vendored here.
+
+    git clone https://github.com/karpathy/nanochat /tmp/nanochat && git -C /tmp/nanochat checkout 10231df
+    python -m scripts.bench_nanochat --nanochat_dir=/tmp/nanochat              # decode, then train
+    python -m scripts.bench_nanochat --nanochat_dir=/tmp/nanochat --what=decode
+
+decode: `Engine.generate(prompt, num_samples=B, max_tokens=256, temperature=1, top_k=50)` on a randomly
+initialised depth-4 model (prompt 64 tokens), counting every row's tokens, as `scripts.bench_decode` does in its
+`samples` mode. train: forward, backward and its AdamW + Muon step on batch 8 x 512, eager and torch.compile.
+The last line of output is JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import types
+
+
+def _import_nanochat(path):
+    if not os.path.isfile(os.path.join(path, "nanochat", "gpt.py")):
+        raise SystemExit(f"bench_nanochat: {path!r} is not a nanochat checkout (no nanochat/gpt.py). Clone it: "
+                         "git clone https://github.com/karpathy/nanochat DIR && git -C DIR checkout 10231df")
+    sys.path.insert(0, os.path.abspath(path))
+    # engine.py imports checkpoint loading (and through it the HF tokenizer); a benchmark loads no checkpoint
+    sys.modules.setdefault("nanochat.checkpoint_manager", types.SimpleNamespace(load_model=None))
+    from nanochat.engine import Engine
+    from nanochat.gpt import GPT, GPTConfig
+
+    return GPT, GPTConfig, Engine
+
+
+class _Tok:
+    """Special tokens past the vocabulary, so no row stops early (as in scripts.bench_decode)."""
+
+    NAMES = ["<|bos|>", "<|user_start|>", "<|user_end|>", "<|assistant_start|>", "<|assistant_end|>",
+             "<|python_start|>", "<|python_end|>", "<|output_start|>", "<|output_end|>"]
+
+    def __init__(self, vocab):
+        self.vocab = vocab
+
+    def encode_special(self, name):
+        return self.vocab + self.NAMES.index(name)
+
+    def get_bos_token_id(self):
+        return self.vocab
+
+
+def _model(torch, GPT, GPTConfig, a):
+    dim = a.depth * 64  # nanochat's aspect ratio; head_dim 128
+    cfg = GPTConfig(sequence_len=a.seq_len, vocab_size=a.vocab_size, n_layer=a.depth, n_head=max(1, dim // 128),
+                    n_kv_head=max(1, dim // 128), n_embd=dim)
+    torch.manual_seed(0)
+    m = GPT(cfg)
+    m.init_weights()
+    with torch.no_grad():  # zero-initialised output layers would give uniform logits
+        for p in m.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    return m
+
+
+def bench_decode(torch, GPT, GPTConfig, Engine, a):
+    m = _model(torch, GPT, GPTConfig, a).eval()
+    eng = Engine(m, _Tok(a.vocab_size))
+    g = torch.Generator().manual_seed(0)
+    prompt = torch.randint(10, a.vocab_size, (a.prompt_len,), generator=g).tolist()
+    out = []
+    for B in [int(b) for b in a.batches.split(",")]:
+        runs = []
+        for rep in range(a.reps + 1):
+            t0, n = time.perf_counter(), 0
+            for col, _ in eng.generate(prompt, num_samples=B, max_tokens=a.new_tokens, temperature=1.0, top_k=50,
+                                       seed=rep):
+                n += len(col)
+            if rep:  # rep 0 warms up
+                runs.append(n / (time.perf_counter() - t0))
+        runs.sort()
+        r = {"batch": B, "tokens_per_s": runs[len(runs) // 2], "runs": runs}
+        print(f"nanochat decode batch {B}: {r['tokens_per_s']:,.0f} tokens/s (median of {len(runs)})", file=sys.stderr)
+        out.append(r)
+    return out
+
+
+def bench_train(torch, GPT, GPTConfig, a):
+    out = {}
+    for compiled in (False, True):
+        m = _model(torch, GPT, GPTConfig, a)
+        opts = m.setup_optimizers()
+        step_model = torch.compile(m, dynamic=False) if compiled else m
+        g = torch.Generator().manual_seed(0)
+        xy = torch.randint(0, a.vocab_size, (a.batch, a.seq_len + 1), generator=g)
+        x, y = xy[:, :-1].contiguous(), xy[:, 1:].contiguous()
+        times = []
+        for i in range(a.train_steps + 2):  # two warm-up steps (compilation)
+            t0 = time.perf_counter()
+            loss = step_model(x, y)
+            loss.backward()
+            for o in opts:
+                o.step()
+            m.zero_grad(set_to_none=True)
+            loss.item()
+            if i >= 2:
+                times.append(time.perf_counter() - t0)
+        times.sort()
+        tps = a.batch * a.seq_len / times[len(times) // 2]
+        key = "compiled" if compiled else "eager"
+        out[key] = tps
+        print(f"nanochat train ({key}): {tps:,.0f} tokens/s (median of {len(times)} steps)", file=sys.stderr)
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--nanochat_dir", required=True)
+    ap.add_argument("--what", default="decode,train")
+    ap.add_argument("--depth", type=int, default=4)
+    ap.add_argument("--vocab_size", type=int, default=8192)
+    ap.add_argument("--seq_len", type=int, default=512)
+    ap.add_argument("--prompt_len", type=int, default=64)
+    ap.add_argument("--new_tokens", type=int, default=256)
+    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=8, help="train batch (rows of seq_len)")
+    ap.add_argument("--train_steps", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    a = ap.parse_args(argv)
+    what = a.what.split(",")
+    if any(w not in ("decode", "train") for w in what):
+        ap.error(f"--what takes decode, train or both; got {a.what!r}")
+    GPT, GPTConfig, Engine = _import_nanochat(a.nanochat_dir)
+    import torch
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    res = {"bench": "nanochat", "torch": torch.__version__, "threads": torch.get_num_threads(), "depth": a.depth,
+           "vocab_size": a.vocab_size}
+    if "decode" in what:
+        res["decode"] = bench_decode(torch, GPT, GPTConfig, Engine, a)
+    if "train" in what:
+        res["train"] = bench_train(torch, GPT, GPTConfig, a)
+    print(json.dumps(res))
+    return res
+
+
+if __name__ == "__main__":
+    main()
