@@ -42,6 +42,10 @@ PROMPT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 KMAX = 200  # largest top-k a request may ask for (web limit, nanochat's)
 TOPK_WIDTHS = (50, KMAX)  # static widths of the sampler's top-k (see topk_width)
 FORCED_CAP = 64  # longest forced tool output (tokens)
+# Cache lengths a batch allocates, in steps of 1.5x: a decode step's widest key window is the whole cache, so a
+# tighter cache is less to read (prompt 64 + 256 new tokens: 384 slots instead of 512, batch-8 decode ~4%
+# faster, paired runs on the 2-core CPU).
+CACHE_BUCKETS = (256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192, 12288, 16384)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -310,7 +314,7 @@ class Engine:
         B = -(-B // div) * div
         longest = max(len(p) for p in prompts)
         Tb = bucket(longest)
-        S = cache_len or bucket(Tb + max_tokens + 1, (256, 512, 1024, 2048, 4096, 8192, 16384))
+        S = cache_len or bucket(Tb + max_tokens + 1, CACHE_BUCKETS)
         if longest + max_tokens + 1 > S:
             raise ValueError(f"prompt ({longest}) + max_tokens ({max_tokens}) exceeds the cache length {S}")
         st = self._new_state(B, S, max_tokens)
