@@ -200,8 +200,8 @@ def run(params, st, max_steps, *, cfg: ModelConfig, stops: Stops):
         st, i = carry
         return jnp.any(st["active"]) & ~jnp.any(st["needs_host"]) & (i < max_steps)
 
-    if not cfg.scan_layers:  # slice the stacked layers once, outside the loop
-        params = {**params, "blocks": gpt.unstack_layers(params["blocks"])}
+    if not cfg.scan_layers:  # slice the stacked layers (and join q/k/v) once, outside the loop
+        params = {**params, "blocks": gpt.decode_layers(params["blocks"])}
 
     def body(carry):
         st, i = carry
