@@ -3,13 +3,16 @@ side comparison can be rerun. It needs a nanochat checkout (V1 is commit 10231df
 extra); nothing of nanochat is vendored here.
 
     git clone https://github.com/karpathy/nanochat /tmp/nanochat && git -C /tmp/nanochat checkout 10231df
-    python -m scripts.bench_nanochat --nanochat_dir=/tmp/nanochat              # decode, then train
-    python -m scripts.bench_nanochat --nanochat_dir=/tmp/nanochat --what=decode
+    python -m scripts.bench_nanochat --nanochat_dir=/tmp/nanochat              # decode (paired), then train
+    python -m scripts.bench_nanochat --nanochat_dir=/tmp/nanochat --what=decode --reps=16
 
 decode: `Engine.generate(prompt, num_samples=B, max_tokens=256, temperature=1, top_k=50)` on a randomly
 initialised depth-4 model (prompt 64 tokens), counting every row's tokens, as `scripts.bench_decode` does in its
-`samples` mode. train: forward, backward and its AdamW + Muon step on batch 8 x 512, eager and torch.compile.
-The last line of output is JSON.
+`samples` mode. Unless `--paired=0`, jaxchat's engine is timed in the same process on the same protocol, the two
+taking turns (the order flips every round), and the figure that counts is the median of the per-round ratios:
+this machine's speed drifts by ±30% within minutes, which separate runs of the two benchmarks cannot tell from
+a real difference. train: forward, backward and its AdamW + Muon step on batch 8 x 512, eager and
+torch.compile. The last line of output is JSON.
 """
 from __future__ import annotations
 
@@ -63,25 +66,79 @@ def _model(torch, GPT, GPTConfig, a):
     return m
 
 
-def bench_decode(torch, GPT, GPTConfig, Engine, a):
+def _nanochat_decoder(torch, GPT, GPTConfig, Engine, a, prompt):
     m = _model(torch, GPT, GPTConfig, a).eval()
     eng = Engine(m, _Tok(a.vocab_size))
+
+    def rep(B, seed):
+        t0, n = time.perf_counter(), 0
+        for col, _ in eng.generate(prompt, num_samples=B, max_tokens=a.new_tokens, temperature=1.0, top_k=50,
+                                   seed=seed):
+            n += len(col)
+        return n / (time.perf_counter() - t0)
+
+    return rep
+
+
+def _jaxchat_decoder(a, prompt):
+    """jaxchat's engine on the same protocol (what `scripts.bench_decode` times in its `samples` mode)."""
+    import jax
+    import numpy as np
+
+    from jaxchat import config as C
+    from jaxchat import engine as E
+    from jaxchat import model as gpt
+    from scripts.bench_decode import _Tok as JTok
+
+    mc = C.load(["model"], [f"--depth={a.depth}", f"--vocab_size={a.vocab_size}", f"--max_seq_len={a.seq_len}"]).model
+    params = jax.jit(lambda k: gpt.init_params(mc, k))(jax.random.key(0))
+    params = jax.tree.map(lambda x: x + 0.02 * jax.random.normal(jax.random.key(1), x.shape, x.dtype), params)
+    eng = E.Engine(params, mc, JTok(mc.vocab_size))
+
+    def rep(B, seed):
+        t0 = time.perf_counter()
+        st, stops = eng.start([prompt], num_samples=B, max_tokens=a.new_tokens, temperature=1.0, top_k=50, seed=seed,
+                              use_tools=False)
+        st = E.run(eng.params, st, a.new_tokens, cfg=mc, stops=stops)
+        n = int(np.asarray(st["n"]).sum())
+        return n / (time.perf_counter() - t0)
+
+    return rep
+
+
+def _quantiles(xs):
+    xs = sorted(xs)
+    at = lambda q: xs[min(len(xs) - 1, int(q * len(xs)))]  # noqa: E731
+    return {"median": at(0.5), "q25": at(0.25), "q75": at(0.75)}
+
+
+def bench_decode(torch, GPT, GPTConfig, Engine, a):
     g = torch.Generator().manual_seed(0)
     prompt = torch.randint(10, a.vocab_size, (a.prompt_len,), generator=g).tolist()
+    batches = [int(b) for b in a.batches.split(",")]
+    engines = {"nanochat": _nanochat_decoder(torch, GPT, GPTConfig, Engine, a, prompt)}
+    if a.paired:
+        engines["jaxchat"] = _jaxchat_decoder(a, prompt)
+    for rep in engines.values():  # warm up (jaxchat: compile)
+        for B in batches:
+            rep(B, 0)
+    runs = {name: {B: [] for B in batches} for name in engines}
+    names = list(engines)
+    for r in range(a.reps):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            for B in batches:
+                runs[name][B].append(engines[name](B, r + 1))
     out = []
-    for B in [int(b) for b in a.batches.split(",")]:
-        runs = []
-        for rep in range(a.reps + 1):
-            t0, n = time.perf_counter(), 0
-            for col, _ in eng.generate(prompt, num_samples=B, max_tokens=a.new_tokens, temperature=1.0, top_k=50,
-                                       seed=rep):
-                n += len(col)
-            if rep:  # rep 0 warms up
-                runs.append(n / (time.perf_counter() - t0))
-        runs.sort()
-        r = {"batch": B, "tokens_per_s": runs[len(runs) // 2], "runs": runs}
-        print(f"nanochat decode batch {B}: {r['tokens_per_s']:,.0f} tokens/s (median of {len(runs)})", file=sys.stderr)
-        out.append(r)
+    for B in batches:
+        res = {"batch": B, "nanochat": _quantiles(runs["nanochat"][B])}
+        line = f"decode batch {B}: nanochat median {res['nanochat']['median']:,.0f} tokens/s"
+        if a.paired:
+            res["jaxchat"] = _quantiles(runs["jaxchat"][B])
+            res["ratio"] = _quantiles([j / n for j, n in zip(runs["jaxchat"][B], runs["nanochat"][B])])
+            line += (f", jaxchat median {res['jaxchat']['median']:,.0f}; jaxchat/nanochat per round: median "
+                     f"{res['ratio']['median']:.2f}x (quartiles {res['ratio']['q25']:.2f}-{res['ratio']['q75']:.2f})")
+        print(line + f" ({a.reps} rounds)", file=sys.stderr)
+        out.append(res)
     return out
 
 
@@ -123,7 +180,8 @@ def main(argv=None):
     ap.add_argument("--prompt_len", type=int, default=64)
     ap.add_argument("--new_tokens", type=int, default=256)
     ap.add_argument("--batches", default="1,8")
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=12, help="decode rounds (each engine, each batch, once a round)")
+    ap.add_argument("--paired", type=int, default=1, help="1: time jaxchat's engine in the same rounds")
     ap.add_argument("--batch", type=int, default=8, help="train batch (rows of seq_len)")
     ap.add_argument("--train_steps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
