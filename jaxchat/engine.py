@@ -192,6 +192,13 @@ def _decode_once(params, st, cfg: ModelConfig, stops: Stops):
     return _emit(st, sampled, stops)
 
 
+@jax.jit
+def decode_params(params):
+    """The weights as the decode loop reads them (`model.decode_layers`: layers unstacked, q/k/v joined).
+    `Engine` prepares them once; `run` does it itself, per call, when handed the stacked params."""
+    return {**params, "blocks": gpt.decode_layers(params["blocks"])}
+
+
 @partial(jax.jit, static_argnames=("cfg", "stops"), donate_argnames=("st",))
 def run(params, st, max_steps, *, cfg: ModelConfig, stops: Stops):
     """Decode until no row is active, a row needs the host (tool call), or `max_steps` steps ran."""
@@ -200,8 +207,8 @@ def run(params, st, max_steps, *, cfg: ModelConfig, stops: Stops):
         st, i = carry
         return jnp.any(st["active"]) & ~jnp.any(st["needs_host"]) & (i < max_steps)
 
-    if not cfg.scan_layers:  # slice the stacked layers (and join q/k/v) once, outside the loop
-        params = {**params, "blocks": gpt.decode_layers(params["blocks"])}
+    if not cfg.scan_layers and not isinstance(params["blocks"], list):  # once, outside the loop
+        params = decode_params(params)
 
     def body(carry):
         st, i = carry
@@ -277,6 +284,10 @@ class Engine:
     def __init__(self, params, model_cfg: ModelConfig, tokenizer, *, mesh=None, cache_dtype=None):
         self.params, self.cfg, self.tok = params, model_cfg, tokenizer
         self.mesh = mesh
+        # prepared once: `run` on the stacked params re-slices every layer's weights at each call, which cost
+        # ~2 ms a call on the CPU (a web iteration or a streamed token decodes only 1-2 steps per call)
+        with self.mesh_context():
+            self.decode_params = params if model_cfg.scan_layers else decode_params(params)
         self.cache_dtype = cache_dtype
         sp = tokenizer.encode_special
         self.ends = (sp("<|assistant_end|>"), sp("<|bos|>"))
@@ -385,7 +396,7 @@ class Engine:
             if not bool(np.asarray(st["active"])[:R].any()):
                 return
             st = self.handle_tools(st, stops)
-            st = run(self.params, st, chunk, cfg=self.cfg, stops=stops)
+            st = run(self.decode_params, st, chunk, cfg=self.cfg, stops=stops)
 
     @_in_mesh
     def generate_batch(self, prompts, *, num_samples: int = 1, max_tokens: int = 256, temperature: float = 1.0,
@@ -399,7 +410,7 @@ class Engine:
         st, stops = self.start(plist, num_samples=num_samples, max_tokens=max_tokens, temperature=temperature,
                                top_k=top_k, seed=seed, use_tools=use_tools)
         while bool(np.asarray(st["active"]).any()):
-            st = run(self.params, st, max_steps, cfg=self.cfg, stops=stops)
+            st = run(self.decode_params, st, max_steps, cfg=self.cfg, stops=stops)
             st = self.handle_tools(st, stops)
         R = len(plist) * num_samples
         out, smp, n = (np.asarray(x) for x in (st["out"], st["sampled"], st["n"]))

@@ -32,28 +32,39 @@ from jaxchat import model as gpt
 BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12, "B200": 8.0e12, "L4": 0.3e12, "A10": 0.6e12}
 
 
-class _Tok:
-    """Just enough tokenizer for the engine. Its special tokens are ids past the vocabulary, so a random model
-    never samples a stop and every row runs its full length."""
+class Tok:
+    """Just enough tokenizer for jaxchat's engine and nanochat's (`scripts/bench_nanochat.py`). Its special
+    tokens are ids past the vocabulary, so a random model never samples a stop and every row runs its full
+    length."""
+
+    NAMES = ["<|bos|>", "<|user_start|>", "<|user_end|>", "<|assistant_start|>", "<|assistant_end|>",
+             "<|python_start|>", "<|python_end|>", "<|output_start|>", "<|output_end|>"]
 
     def __init__(self, vocab):
         self.vocab_size = vocab
         self.bos_id = vocab
 
     def encode_special(self, name):
-        names = ["<|bos|>", "<|user_start|>", "<|user_end|>", "<|assistant_start|>", "<|assistant_end|>",
-                 "<|python_start|>", "<|python_end|>", "<|output_start|>", "<|output_end|>"]
-        return self.vocab_size + names.index(name)
+        return self.vocab_size + self.NAMES.index(name)
+
+    def get_bos_token_id(self):
+        return self.bos_id
+
+
+def random_engine(mc) -> E.Engine:
+    """jaxchat's engine on a randomly initialised model of config `mc`."""
+    params = jax.jit(lambda k: gpt.init_params(mc, k))(jax.random.key(0))
+    # non-zero output layers (zero-init logits would be uniform: fine for timing, but keep it realistic)
+    params = jax.tree.map(lambda a: a + 0.02 * jax.random.normal(jax.random.key(1), a.shape, a.dtype), params)
+    return E.Engine(params, mc, Tok(mc.vocab_size))
 
 
 def main(argv=None):
     cfg = C.load(["model"], argv, extra={"prompt_len": 64, "new_tokens": 256, "batches": "1,8", "reps": 3,
                                          "modes": "samples,prompts"})
     mc, x = cfg.model, cfg.extra
-    params = jax.jit(lambda k: gpt.init_params(mc, k))(jax.random.key(0))
-    # non-zero output layers (zero-init logits would be uniform: fine for timing, but keep it realistic)
-    params = jax.tree.map(lambda a: a + 0.02 * jax.random.normal(jax.random.key(1), a.shape, a.dtype), params)
-    eng = E.Engine(params, mc, _Tok(mc.vocab_size))
+    eng = random_engine(mc)
+    params = eng.params
     rng = np.random.default_rng(0)
     results = []
     modes = str(x.modes).split(",")
@@ -70,7 +81,7 @@ def main(argv=None):
                                   top_k=50, seed=rep, use_tools=False)
             jax.block_until_ready(st["token"])
             t1 = time.perf_counter()
-            st = E.run(params, st, x.new_tokens, cfg=mc, stops=stops)
+            st = E.run(eng.decode_params, st, x.new_tokens, cfg=mc, stops=stops)
             n = int(np.asarray(st["n"]).sum())
             t2 = time.perf_counter()
             if rep:  # rep 0 compiles
@@ -86,14 +97,16 @@ def main(argv=None):
         kind = jax.devices()[0].device_kind
         bw = next((v for k, v in BANDWIDTH.items() if k.lower() in kind.lower()), None)
         step_s = decode_s / steps
-        r = {"batch": B, "mode": mode if B > 1 else "single", "new_tokens_total": n, "tokens_per_s": n / (prefill_s + decode_s),
+        r = {"batch": B, "mode": mode if B > 1 else "single", "new_tokens_total": n,
+             "tokens_per_s": n / (prefill_s + decode_s),
              "decode_tokens_per_s": B * steps / decode_s, "decode_step_ms": 1e3 * step_s,
              "prefill_ms": 1e3 * prefill_s, "weights_bytes": int(weight_bytes), "cache_bytes": int(cache_bytes)}
         if bw:
             bound = (weight_bytes + cache_bytes) / bw
             r.update(bandwidth_bytes_per_s=bw, roofline_step_ms=1e3 * bound, step_vs_roofline=step_s / bound)
         results.append(r)
-        print(f"batch {B} ({r['mode']}): {r['tokens_per_s']:,.0f} tokens/s end to end ({r['decode_tokens_per_s']:,.0f} in decode), "
+        print(f"batch {B} ({r['mode']}): {r['tokens_per_s']:,.0f} tokens/s end to end "
+              f"({r['decode_tokens_per_s']:,.0f} in decode), "
               f"decode step {r['decode_step_ms']:.2f} ms, prefill {r['prefill_ms']:.1f} ms"
               + (f", {r['step_vs_roofline']:.2f}x the bandwidth bound" if bw else ""), file=sys.stderr)
     out = {"bench": "decode", "device": jax.devices()[0].device_kind, "platform": jax.default_backend(),

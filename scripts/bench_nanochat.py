@@ -37,22 +37,6 @@ def _import_nanochat(path):
     return GPT, GPTConfig, Engine
 
 
-class _Tok:
-    """Special tokens past the vocabulary, so no row stops early (as in scripts.bench_decode)."""
-
-    NAMES = ["<|bos|>", "<|user_start|>", "<|user_end|>", "<|assistant_start|>", "<|assistant_end|>",
-             "<|python_start|>", "<|python_end|>", "<|output_start|>", "<|output_end|>"]
-
-    def __init__(self, vocab):
-        self.vocab = vocab
-
-    def encode_special(self, name):
-        return self.vocab + self.NAMES.index(name)
-
-    def get_bos_token_id(self):
-        return self.vocab
-
-
 def _model(torch, GPT, GPTConfig, a):
     dim = a.depth * 64  # nanochat's aspect ratio; head_dim 128
     cfg = GPTConfig(sequence_len=a.seq_len, vocab_size=a.vocab_size, n_layer=a.depth, n_head=max(1, dim // 128),
@@ -67,8 +51,10 @@ def _model(torch, GPT, GPTConfig, a):
 
 
 def _nanochat_decoder(torch, GPT, GPTConfig, Engine, a, prompt):
+    from scripts.bench_decode import Tok
+
     m = _model(torch, GPT, GPTConfig, a).eval()
-    eng = Engine(m, _Tok(a.vocab_size))
+    eng = Engine(m, Tok(a.vocab_size))
 
     def rep(B, seed):
         t0, n = time.perf_counter(), 0
@@ -82,24 +68,20 @@ def _nanochat_decoder(torch, GPT, GPTConfig, Engine, a, prompt):
 
 def _jaxchat_decoder(a, prompt):
     """jaxchat's engine on the same protocol (what `scripts.bench_decode` times in its `samples` mode)."""
-    import jax
     import numpy as np
 
     from jaxchat import config as C
     from jaxchat import engine as E
-    from jaxchat import model as gpt
-    from scripts.bench_decode import _Tok as JTok
+    from scripts.bench_decode import random_engine
 
     mc = C.load(["model"], [f"--depth={a.depth}", f"--vocab_size={a.vocab_size}", f"--max_seq_len={a.seq_len}"]).model
-    params = jax.jit(lambda k: gpt.init_params(mc, k))(jax.random.key(0))
-    params = jax.tree.map(lambda x: x + 0.02 * jax.random.normal(jax.random.key(1), x.shape, x.dtype), params)
-    eng = E.Engine(params, mc, JTok(mc.vocab_size))
+    eng = random_engine(mc)
 
     def rep(B, seed):
         t0 = time.perf_counter()
         st, stops = eng.start([prompt], num_samples=B, max_tokens=a.new_tokens, temperature=1.0, top_k=50, seed=seed,
                               use_tools=False)
-        st = E.run(eng.params, st, a.new_tokens, cfg=mc, stops=stops)
+        st = E.run(eng.decode_params, st, a.new_tokens, cfg=mc, stops=stops)
         n = int(np.asarray(st["n"]).sum())
         return n / (time.perf_counter() - t0)
 

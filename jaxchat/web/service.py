@@ -394,7 +394,7 @@ class EngineService:
                              keys, cfg=self.cfg, stops=self.stops, fresh=True)
 
     def _decode(self) -> None:
-        self._st = E.run(self.engine.params, self._st, self.steps_per_iter, cfg=self.cfg, stops=self.stops)
+        self._st = E.run(self.engine.decode_params, self._st, self.steps_per_iter, cfg=self.cfg, stops=self.stops)
         self._st = self.engine.handle_tools(self._st, self.stops)
 
     def _harvest(self) -> None:
