@@ -17,6 +17,7 @@ K kv heads, G = H/K, Dh head dim, V vocab, L layers, F MLP width.
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any
 
 import jax
@@ -25,13 +26,14 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from jaxchat.config import ModelConfig
-from jaxchat.sharding import constrain
+from jaxchat.sharding import RULES, constrain, spec_for
 
 Params = dict[str, Any]
 # torch's F.rms_norm(eps=None) uses the dtype's machine epsilon; we normalise in float32 with that value.
 RMS_EPS = float(jnp.finfo(jnp.float32).eps)
 ATTN_CHUNKS = 2  # causal query blocks in the XLA attention (see causal_attention)
 ACT = ("batch", "seq", "act_embed")  # logical layout of the residual stream
+BATCH = ("batch", "seq")  # token ids and targets
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -264,6 +266,87 @@ def decode_layers(blocks) -> list:
     return out
 
 
+def placed(tree, axes_tree, cfg: ModelConfig):
+    """Weights in the compute dtype, pinned to their rules-table layout (under a mesh; else unchanged): each
+    device casts its own shard, so gathers move compute-dtype weights; the gradient returns to float32."""
+    if jax.sharding.get_abstract_mesh().empty:
+        return tree
+    dt = jnp.dtype(cfg.compute_dtype)
+    return jax.tree.map(lambda p, ax: _cast_in_place(p, dt, ax), tree, axes_tree, is_leaf=lambda x: isinstance(x, tuple))
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _cast_in_place(p, dtype, axes):
+    return constrain(p.astype(dtype), axes)
+
+
+def _cast_fwd(p, dtype, axes):
+    return _cast_in_place(p, dtype, axes), None
+
+
+def _cast_bwd(dtype, axes, _, g):
+    return (constrain(g.astype(jnp.float32), axes),)
+
+
+_cast_in_place.defvjp(_cast_fwd, _cast_bwd)
+
+
+def fsdp_layer(body, layer_axes: dict, cfg: ModelConfig):
+    """A training layer `body(x, p) -> (x, None)` run per device over the batch axes (FSDP written out, as
+    nanodo and nanochat do it): each device gathers the layer's weights in the compute dtype, runs its own
+    rows, and sends its float32 weight gradients back as one reduce-scatter per layer. Left to the SPMD
+    partitioner, XLA all-reduced each layer's whole gradient and sliced it (the `tensor` axis stays automatic)."""
+    from jax.sharding import PartitionSpec as P
+
+    mesh = jax.sharding.get_abstract_mesh()
+    batch = RULES["batch"]
+    axes = tuple(a for a in ((batch,) if isinstance(batch, str) else batch) if mesh.shape[a] > 1)
+    if not axes:
+        return body
+    dt = jnp.dtype(cfg.compute_dtype)
+
+    def manual(spec):  # only the batch axes: shard_map takes those, the partitioner keeps the rest
+        keep = lambda e: tuple(a for a in ((e,) if isinstance(e, str) else e or ()) if a in axes) or None  # noqa
+        return P(*[k[0] if k and len(k) == 1 else k for k in map(keep, spec)])
+
+    def wrapped(x, p):
+        specs = {k: manual(spec_for(layer_axes[k], v.shape, mesh)) for k, v in p.items()}
+        x_spec = manual(spec_for(ACT, x.shape, mesh))
+
+        def local(x, p):
+            return body(x, {k: _gather(v, dt, specs[k]) for k, v in p.items()})[0]
+
+        return jax.shard_map(local, in_specs=(x_spec, specs), out_specs=x_spec, axis_names=set(axes),
+                             check_vma=False)(x, p), None
+
+    return wrapped
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _gather(w, dtype, spec):
+    """All-gather one weight shard (inside shard_map) over the mesh axes in `spec`, cast to `dtype` first."""
+    w = w.astype(dtype)
+    for dim, ax in enumerate(spec):
+        if ax is not None:
+            w = jax.lax.all_gather(w, ax, axis=dim, tiled=True)
+    return w
+
+
+def _gather_fwd(w, dtype, spec):
+    return _gather(w, dtype, spec), None
+
+
+def _gather_bwd(dtype, spec, _, g):
+    g = g.astype(jnp.float32)  # this device's partial sum; reduced in float32
+    for dim, ax in enumerate(spec):
+        if ax is not None:
+            g = jax.lax.psum_scatter(g, ax, scatter_dimension=dim, tiled=True)
+    return (g,)
+
+
+_gather.defvjp(_gather_fwd, _gather_bwd)
+
+
 def _name(x, name):
     return checkpoint_name(x, name)
 
@@ -294,7 +377,9 @@ def hidden_states(params: Params, tokens_BxT, cfg: ModelConfig, *, cache=None, l
     step's attention to a key window (see `block`)."""
     dt = jnp.dtype(cfg.compute_dtype)
     B, T = tokens_BxT.shape
-    x = constrain(rms_norm(params["wte"].astype(dt)[tokens_BxT]), ACT)
+    # pinned before the norm: the lookup's re-layout (wte is sharded on its width) then moves compute-dtype rows
+    wte = params["wte"] if cache is not None else placed(params["wte"], ("vocab", "embed"), cfg)
+    x = rms_norm(constrain(wte.astype(dt)[tokens_BxT], ACT))
     blocks = params["blocks"]
     if cache is None:
         pos_BxT = jnp.arange(T)[None]  # shared by every row: one [1, T] table
@@ -304,8 +389,13 @@ def hidden_states(params: Params, tokens_BxT, cfg: ModelConfig, *, cache=None, l
 
     new_cache = None
     if cache is None:  # training / scoring: optionally scanned and rematerialised
+        layer_axes = {k: ax[1:] for k, ax in param_axes(cfg)["blocks"].items()}
+
         def body(x, p):
             return block(p, x, cos, sin, cfg)[0], None
+
+        if not jax.sharding.get_abstract_mesh().empty:
+            body = fsdp_layer(body, layer_axes, cfg)
 
         if cfg.remat != "none":
             body = jax.checkpoint(body, policy=_remat_policy(cfg))
@@ -345,28 +435,60 @@ def token_nll(params: Params, tokens_BxT, targets_BxT, cfg: ModelConfig):
 
     The loss is logsumexp(capped logits) − capped gold logit, written out by hand: optax's integer-label
     cross-entropy behind the tanh soft-cap was ~3× slower in the backward pass on CPU. With
-    `cfg.loss_chunk > 0` the lm_head, soft-cap and logsumexp run over chunks of tokens under remat, so the
-    full [B·T, V] float32 logits never exist at once (65,536-vocab presets on GPU)."""
+    `cfg.loss_chunk > 0` the lm_head, soft-cap and logsumexp run over chunks along T under remat, so the
+    full [B, T, V] float32 logits never exist at once (65,536-vocab presets on GPU)."""
     h, _ = hidden_states(params, tokens_BxT, cfg)
-    B, T, D = h.shape
-    w = params["lm_head"].astype(h.dtype)
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return _local_nll(h, targets_BxT, params["lm_head"], cfg)
+    # Under a mesh the head runs per device (shard_map): each device gathers the head once, scores its own
+    # rows, and its gradient leaves as one reduce-scatter after all chunks. Left to the partitioner, the
+    # head's gradient was all-reduced whole once per chunk (and the chunks of flattened tokens made every
+    # chunk's logits whole on every device).
+    from jax.sharding import PartitionSpec as P
 
-    def chunk_nll(h_NxD, t_N):
-        z = jnp.dot(h_NxD, w, preferred_element_type=jnp.float32)
+    w_spec = spec_for(("embed", "vocab"), params["lm_head"].shape, mesh)
+    t_spec = spec_for(BATCH, targets_BxT.shape, mesh)
+    local = partial(_local_nll, cfg=cfg, gather_axis=w_spec[0], vocab_axis=w_spec[1])
+    return jax.shard_map(local, in_specs=(P(*t_spec, None), t_spec, w_spec), out_specs=t_spec)(
+        h, targets_BxT, params["lm_head"])
+
+
+def _local_nll(h_BxTxD, t_BxT, w_DxV, cfg: ModelConfig, gather_axis=None, vocab_axis=None):
+    """token_nll's head on one device's rows. The float32 head is gathered (over `gather_axis`) and cast per
+    chunk, so its gradient is summed over chunks in float32; with `vocab_axis` each device holds a slice of
+    the vocabulary and the log-sum-exp and gold logit are combined across that axis."""
+    if gather_axis is not None:
+        w_DxV = jax.lax.all_gather(w_DxV, gather_axis, axis=0, tiled=True)
+    B, T, D = h_BxTxD.shape
+    V = w_DxV.shape[1]
+
+    def chunk_nll(a):
+        h, t = a
+        z = jnp.dot(h, w_DxV.astype(h.dtype), preferred_element_type=jnp.float32)
         z = cfg.softcap * jnp.tanh(z / cfg.softcap)
-        lse = jax.nn.logsumexp(z, axis=-1)
-        gold = jnp.take_along_axis(z, jnp.maximum(t_N, 0)[:, None], axis=-1)[:, 0]
-        return jnp.where(t_N >= 0, lse - gold, 0.0)
+        if vocab_axis is None:
+            lse = jax.nn.logsumexp(z, axis=-1)
+            gold = jnp.take_along_axis(z, jnp.maximum(t, 0)[..., None], axis=-1)[..., 0]
+        else:
+            m = jax.lax.pmax(jax.lax.stop_gradient(jnp.max(z, axis=-1)), vocab_axis)  # any m works: no gradient
+            lse = m + jnp.log(jax.lax.psum(jnp.sum(jnp.exp(z - m[..., None]), axis=-1), vocab_axis))
+            idx = t - jax.lax.axis_index(vocab_axis) * V
+            mine = (idx >= 0) & (idx < V)
+            gold = jnp.take_along_axis(z, jnp.clip(idx, 0, V - 1)[..., None], axis=-1)[..., 0]
+            gold = jax.lax.psum(jnp.where(mine, gold, 0.0), vocab_axis)
+        return jnp.where(t >= 0, lse - gold, 0.0)
 
-    h_NxD, t_N = h.reshape(B * T, D), targets_BxT.reshape(B * T)
     n = cfg.loss_chunk
     if n <= 0 or n >= B * T:
-        return chunk_nll(h_NxD, t_N).reshape(B, T)
-    pad = (-(B * T)) % n
-    h_NxD = jnp.pad(h_NxD, ((0, pad), (0, 0)))
-    t_N = jnp.pad(t_N, (0, pad), constant_values=-1)
-    chunks = jax.lax.map(jax.checkpoint(lambda a: chunk_nll(*a)), (h_NxD.reshape(-1, n, D), t_N.reshape(-1, n)))
-    return chunks.reshape(-1)[: B * T].reshape(B, T)
+        return chunk_nll((h_BxTxD, t_BxT))
+    Tc = max(1, min(T, n // B))  # chunk = all rows × Tc positions, about loss_chunk tokens
+    while T % Tc:
+        Tc -= 1
+    h_CxBxTcxD = jnp.moveaxis(h_BxTxD.reshape(B, T // Tc, Tc, D), 1, 0)
+    t_CxBxTc = jnp.moveaxis(t_BxT.reshape(B, T // Tc, Tc), 1, 0)
+    nll_CxBxTc = jax.lax.map(jax.checkpoint(chunk_nll), (h_CxBxTcxD, t_CxBxTc))
+    return jnp.moveaxis(nll_CxBxTc, 0, 1).reshape(B, T)
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None):

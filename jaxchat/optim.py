@@ -10,9 +10,13 @@ Every learning rate is × `init_lr_frac` × the schedule multiplier (warmup, con
 `final_lr_frac`). Muon's momentum goes 0.85 → 0.95 over the first 300 steps (a schedule inside the optimizer
 state via `inject_hyperparams`, so the update is a pure function of (grads, state)).
 
-Difference from nanochat V1, kept on purpose: optax's Nesterov momentum applies Adam-style bias correction
-(nanochat's does not). Newton–Schulz normalises the update's scale, so only the first few steps' mix of
-gradient and momentum differs slightly.
+Difference from nanochat V1, kept on purpose: the Nesterov momentum applies Adam-style bias correction, as
+optax's Muon does (nanochat's does not). Newton–Schulz normalises the update's scale, so only the first few
+steps' mix of gradient and momentum differs slightly.
+
+On a mesh, Newton–Schulz runs on whole matrices, each device orthogonalising its own layers (the stacked
+[L, in, out] update is re-laid out along L, padded to a multiple of the device count), in the model's compute
+dtype (bf16 on GPU presets, as nanochat). Run on FSDP-sharded matrices it all-reduced every `X·Xᵀ`.
 """
 from __future__ import annotations
 
@@ -21,19 +25,60 @@ import math
 import jax
 import jax.numpy as jnp
 import optax
-from optax.contrib import MuonDimensionNumbers, scale_by_muon
+from optax.contrib import MuonState
 
 from jaxchat.config import ModelConfig, TrainConfig
+from jaxchat.sharding import constrain
 
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
 NS_STEPS = 5
 NS_EPS = 1e-7
-# Stacked block matrices are [L, in, out]: reduce over `in`, output `out`, vmap over L.
-BLOCK_DIMS = MuonDimensionNumbers(reduction_axis=1, output_axis=2)
 
 
-def _block_dims(updates):
-    return jax.tree.map(lambda _: BLOCK_DIMS, updates)
+def newton_schulz(x_IxO):
+    """Orthogonalise one [in, out] matrix: Frobenius-normalise, then NS_STEPS quintic iterations
+    X ← a·X + (b·A + c·A²)·X with A = X·Xᵀ, on the wide orientation (optax's and nanochat's iteration)."""
+    tall = x_IxO.shape[0] > x_IxO.shape[1]
+    x = x_IxO.T if tall else x_IxO
+    x = x / (jnp.linalg.norm(x, ord="fro") + NS_EPS)
+    a, b, c = (jnp.asarray(k, x.dtype) for k in NS_COEFFS)
+    for _ in range(NS_STEPS):
+        A = x @ x.T
+        x = a * x + (b * A + c * A @ A) @ x
+    return x.T if tall else x
+
+
+def orthogonalize(u_LxIxO, dtype):
+    """Newton–Schulz of each layer's matrix, every device taking whole matrices of its own layers."""
+    L = u_LxIxO.shape[0]
+    mesh = jax.sharding.get_abstract_mesh()
+    pad = 0 if mesh.empty else (-L) % mesh.size
+    u = jnp.pad(u_LxIxO, ((0, pad), (0, 0), (0, 0))) if pad else u_LxIxO
+    u = constrain(u.astype(dtype), ("ns_layers", None, None))
+    return jax.vmap(newton_schulz)(u)[:L].astype(u_LxIxO.dtype)
+
+
+def scale_by_muon(beta, eps=NS_EPS, ns_dtype="float32"):
+    """Muon's direction for stacked [L, in, out] block matrices: bias-corrected Nesterov momentum (optax's
+    `scale_by_muon`, whose state layout it keeps), then `orthogonalize`. `eps` is kept as a hyperparameter
+    only so checkpoints keep their layout; the normaliser uses NS_EPS."""
+    del eps
+
+    def init(params):
+        return MuonState(count=jnp.zeros([], jnp.int32), mu=jax.tree.map(jnp.zeros_like, params),
+                         ns_coeffs=jnp.asarray(NS_COEFFS))
+
+    def update(updates, state, params=None):
+        del params
+        mu = optax.tree.update_moment(updates, state.mu, beta, 1)
+        count = optax.safe_increment(state.count)
+        mu_hat = jax.tree.map(lambda m, g: beta * m + (1 - beta) * g,
+                              optax.tree.bias_correction(mu, beta, optax.safe_increment(count)),
+                              optax.tree.bias_correction(updates, beta, count))
+        out = jax.tree.map(lambda u: orthogonalize(u, jnp.dtype(ns_dtype)), mu_hat)
+        return out, MuonState(count=count, mu=mu, ns_coeffs=state.ns_coeffs)
+
+    return optax.GradientTransformation(init, update)
 
 
 def param_labels(params) -> dict:
@@ -89,10 +134,8 @@ def make_optimizer(model_cfg: ModelConfig, cfg: TrainConfig, num_iterations: int
     beta = lambda count: muon_momentum(  # noqa: E731
         count, cfg.muon_momentum_start, cfg.muon_momentum_end, cfg.muon_momentum_warmup)
     muon = optax.chain(
-        optax.inject_hyperparams(scale_by_muon, static_args=("ns_coeffs", "ns_steps", "weight_dimension_numbers",
-                                                             "nesterov", "mu_dtype"))(
-            ns_coeffs=NS_COEFFS, ns_steps=NS_STEPS, beta=beta, eps=NS_EPS, nesterov=True,
-            weight_dimension_numbers=_block_dims, mu_dtype=jnp.float32),
+        optax.inject_hyperparams(scale_by_muon, static_args=("ns_dtype",))(
+            beta=beta, eps=NS_EPS, ns_dtype=model_cfg.compute_dtype),
         _scale_by_width(),
         optax.scale_by_learning_rate(schedule(cfg.matrix_lr)),
     )

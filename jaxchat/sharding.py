@@ -40,6 +40,7 @@ class Rules:
         ("kv_heads", "tensor"),
         ("mlp", "tensor"),
         ("layers", None),
+        ("ns_layers", ("data", "fsdp", "tensor")),  # Muon's Newton–Schulz: whole matrices, layers split
         ("cache_batch", ("data", "fsdp")),
         ("cache_seq", None),
         ("cache_heads", "tensor"),
@@ -90,7 +91,7 @@ def make_mesh(cfg: MeshConfig = MeshConfig(), devices=None) -> Mesh:
 def spec_for(axes: tuple, shape: tuple, mesh: Mesh, rules: Rules = RULES) -> P:
     """PartitionSpec for an array with these logical axes, dropping mesh axes that do not divide a dim
     (or that an earlier dim already used)."""
-    used: set[str] = set()
+    used: set[str] = set(getattr(mesh, "manual_axes", ()))  # inside shard_map those axes are already split
     out = []
     for name, dim in zip(axes, shape):
         target = rules[name] if name is not None else None
