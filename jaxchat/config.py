@@ -134,8 +134,8 @@ class BaseConfig(TrainConfig):
     source: str = "embedded"  # "embedded" | "fineweb" | a path to your own .txt/.jsonl/.parquet files
     packing: str = "concat"  # "concat" (nanochat V1) | "bos_bestfit" (every row starts with BOS)
     model_tag: str = ""  # checkpoint folder name; default "d<depth>"
-    core_metric_every: int = -1
-    core_max_per_task: int = 500
+    core_metric_every: int = -1  # CORE every n steps and at the last step (> 0); -1 = never ([eval] core_bundle)
+    core_max_per_task: int = 500  # CORE examples per task during training
 
 
 @dataclass(frozen=True)
@@ -190,6 +190,7 @@ class RLConfig(TrainConfig):
 @dataclass(frozen=True)
 class EvalConfig:
     max_per_task: int = -1  # CORE examples per task (-1 = all)
+    core_bundle: str = "auto"  # CORE data (base_eval, base_train): "auto" | "download" (DCLM bundle) | "off"
     max_problems: int = -1  # chat_eval problems per task (-1 = all)
     max_problems_generative: int = -1  # for the sampled tasks (GSM8K, HumanEval, SpellingBee); -1 = max_problems
     arithmetic_problems: int = -1  # held-out calculator arithmetic problems; -1 = max_problems
@@ -198,6 +199,10 @@ class EvalConfig:
     max_new_tokens: int = 512
     temperature: float = 0.0
     top_k: int = 50
+
+    def __post_init__(self):
+        if self.core_bundle not in ("auto", "download", "off"):
+            raise ConfigError(f"core_bundle must be auto|download|off, got {self.core_bundle!r}")
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,8 @@ symbolic-LM skills. The other five CORE tasks have no offline source and are rep
 
 The DCLM eval bundle (nanochat's copy: EVAL_BUNDLE_URL, unzipped to `base_dir()/eval_bundle` with core.yaml,
 eval_data/*.jsonl and eval_meta_data.csv) replaces all of the above when present: then all 22 tasks, their
-data, delimiters and baselines come from it (nanochat's exact setup). `download_eval_bundle()` fetches it.
+data, delimiters and baselines come from it (nanochat's exact setup). `download_eval_bundle()` fetches it
+(from $JAXCHAT_EVAL_BUNDLE_URL when set); the GPU presets do so through `[eval] core_bundle = "download"`.
 """
 from __future__ import annotations
 
@@ -397,8 +398,13 @@ def bundle_present(directory: Path | None = None) -> bool:
     return (d / "core.yaml").is_file() and (d / "eval_data").is_dir() and (d / "eval_meta_data.csv").is_file()
 
 
-def download_eval_bundle(directory: Path | None = None, url: str = EVAL_BUNDLE_URL) -> Path:
-    """Fetch and unzip nanochat's copy of the DCLM eval bundle into `directory` (default base_dir()/eval_bundle)."""
+def download_eval_bundle(directory: Path | None = None, url: str | None = None) -> Path:
+    """Fetch and unzip nanochat's copy of the DCLM eval bundle (~162 MB) into `directory` (default
+    base_dir()/eval_bundle) from `url` (default $JAXCHAT_EVAL_BUNDLE_URL, else EVAL_BUNDLE_URL). It is unzipped
+    in a temporary folder beside `directory` and renamed into place only when complete, so a failed or corrupt
+    download leaves nothing behind (and the next call starts afresh)."""
+    import http.client
+    import os
     import shutil
     import tempfile
     import urllib.request
@@ -406,16 +412,29 @@ def download_eval_bundle(directory: Path | None = None, url: str = EVAL_BUNDLE_U
     d = Path(directory) if directory else bundle_dir()
     if bundle_present(d):
         return d
-    with tempfile.TemporaryDirectory(dir=d.parent) as tmp:
-        zpath = Path(tmp) / "eval_bundle.zip"
-        with urllib.request.urlopen(url, timeout=60) as r, open(zpath, "wb") as f:
-            shutil.copyfileobj(r, f)
-        with zipfile.ZipFile(zpath) as z:
-            z.extractall(tmp)
-        found = next(p.parent for p in Path(tmp).rglob("core.yaml"))
-        if d.exists():
-            shutil.rmtree(d)
-        shutil.move(str(found), str(d))
+    url = url or os.environ.get("JAXCHAT_EVAL_BUNDLE_URL") or EVAL_BUNDLE_URL
+    d.parent.mkdir(parents=True, exist_ok=True)
+    print(f"[core_tasks] downloading the DCLM eval bundle from {url} to {d}", flush=True)
+    with tempfile.TemporaryDirectory(dir=d.parent, prefix=".eval_bundle-") as tmp:
+        try:
+            zpath, out = Path(tmp) / "eval_bundle.zip", Path(tmp) / "unzipped"
+            with urllib.request.urlopen(url, timeout=60) as r, open(zpath, "wb") as f:
+                shutil.copyfileobj(r, f)
+                if r.headers.get("Content-Length") not in (None, str(f.tell())):
+                    raise ValueError(f"truncated transfer: {f.tell()} of {r.headers['Content-Length']} bytes")
+            with zipfile.ZipFile(zpath) as z:  # an HTML error page or a damaged zip fails here (BadZipFile)
+                z.extractall(out)
+            found = next((p.parent for p in out.rglob("core.yaml") if bundle_present(p.parent)), None)
+            if found is None:
+                raise ValueError("the zip has no core.yaml with eval_meta_data.csv and eval_data/ beside it")
+        except (OSError, ValueError, zipfile.BadZipFile, http.client.HTTPException) as e:
+            raise RuntimeError(
+                f"could not get the DCLM eval bundle from {url}: {e}. Download that zip by hand and unzip it so "
+                f"that {d} holds core.yaml, eval_meta_data.csv and eval_data/ (or set JAXCHAT_EVAL_BUNDLE_URL to a "
+                f"copy), or run with --core_bundle=auto for the 17 offline CORE tasks.") from e
+        if not bundle_present(d):  # another process may have finished first
+            shutil.rmtree(d, ignore_errors=True)  # an incomplete folder left by hand
+            found.rename(d)
     return d
 
 
@@ -445,8 +464,8 @@ def bundle_tasks(directory: Path | None = None) -> tuple[CoreTask, ...]:
 
 
 def core_tasks(bundle: str = "auto", directory: Path | None = None) -> tuple[CoreTask, ...]:
-    """The suite to run. bundle: "auto" (the eval bundle if it is unzipped under base_dir(), else offline),
-    "download" (fetch it first when missing), "off" (offline sources only)."""
+    """The suite to run. bundle ([eval] core_bundle): "auto" (the eval bundle if it is unzipped under base_dir(),
+    else offline), "download" (fetch it first when missing; an error if that fails), "off" (offline only)."""
     if bundle not in ("auto", "download", "off"):
         raise ValueError(f"bundle must be auto|download|off, got {bundle!r}")
     if bundle == "download" and not bundle_present(directory):

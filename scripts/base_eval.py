@@ -1,11 +1,12 @@
 """CORE evaluation of a checkpoint (nanochat's base_eval.py): the DCLM in-context suite, centered accuracy per
 task, CORE = their mean over the tasks run. Offline: 17 of the 22 tasks (see jaxchat/core_tasks.py); with the
-DCLM eval bundle unzipped under $JAXCHAT_BASE_DIR/eval_bundle (or --bundle=download), all 22.
+DCLM eval bundle unzipped under $JAXCHAT_BASE_DIR/eval_bundle (or --core_bundle=download, the GPU presets'
+setting), all 22.
 
     python -m scripts.base_eval                                # base checkpoint, every example
     python -m scripts.base_eval --max_per_task=500             # nanochat's in-training setting
     python -m scripts.base_eval --source=sft --tasks="arc_easy|hellaswag" --step=200
-    python -m scripts.base_eval --bundle=download              # fetch the eval bundle (online)
+    python -m scripts.base_eval --core_bundle=download         # fetch the eval bundle (online)
 
 Writes $JAXCHAT_BASE_DIR/base_eval/<source>_<tag>_step<step>.json (or --output) and the report section
 "base-model-evaluation" (source base) / "core-evaluation-<source>" (other sources). Bits per byte is
@@ -25,8 +26,8 @@ from jaxchat.tokenizer import Tokenizer
 
 
 def main(argv=None):
-    cfg = C.load(["mesh", "eval"], argv, extra={"source": "base", "model_tag": "", "step": -1, "tasks": "",
-                                                "bundle": "auto", "output": ""})
+    cfg = C.load(["mesh", "eval"], argv,
+                 extra={"source": "base", "model_tag": "", "step": -1, "tasks": "", "output": ""})
     x, ec = cfg.extra, cfg.eval
     ctx = stage.init(cfg.mesh)
     tok = Tokenizer.load()
@@ -35,9 +36,10 @@ def main(argv=None):
     step = meta.get("step", x.step)
     only = [t for t in re.split(r"[|,]", x.tasks) if t.strip()] or None
     stage.banner("base_eval", source=x.source, model=f"{tag} step {step}", devices=ctx.n_devices,
-                 max_per_task=ec.max_per_task, batch_size=ec.batch_size, bundle=x.bundle)
+                 max_per_task=ec.max_per_task, batch_size=ec.batch_size, bundle=ec.core_bundle)
     scorer = evaluate.Scorer.for_model(params, mc, ctx.mesh, batch_size=ec.batch_size)
-    res = evaluate.evaluate_core(scorer, tok, max_per_task=ec.max_per_task, bundle=x.bundle, only=only, log=print0)
+    res = evaluate.evaluate_core(scorer, tok, max_per_task=ec.max_per_task, bundle=ec.core_bundle, only=only,
+                                 log=print0)
     res.update(source=x.source, model_tag=tag, step=step, compiled_shapes=sorted(scorer.shapes))
     print0(evaluate.format_core_table(res))
     print0(f"[base_eval] {res['examples']} examples in {res['time_s']:.1f}s ({res['examples_per_s']:.1f}/s)")

@@ -7,18 +7,18 @@
 
 Model from --depth; device batch × devices × accumulation = --total_batch_size tokens per step; horizon
 --num_iterations > --target_flops > --target_param_data_ratio (20). Logs to <base_dir>/base_checkpoints/<tag>/.
+Val bpb every --eval_every steps; CORE (`core_metric`, --core_max_per_task examples per task) every
+--core_metric_every steps and at the last step unless it is -1 (the GPU presets: 2000 on the DCLM bundle).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 
-import jax
-import numpy as np
-
 from jaxchat import config as C
-from jaxchat import data, evaluate, stage, train
+from jaxchat import core_tasks, data, evaluate, stage, train
 from jaxchat import model as gpt
 from jaxchat.checkpoint import Checkpoints
 from jaxchat.common import cli, log_section, print0
@@ -27,7 +27,7 @@ from jaxchat.tokenizer import Tokenizer
 
 
 def main(argv=None):
-    cfg = C.load(["model", "mesh", "base"], argv, extra={"dry_run": False, "devices": -1})
+    cfg = C.load(["model", "mesh", "base", "eval"], argv, extra={"dry_run": False, "devices": -1})
     ctx = stage.init(cfg.mesh)
     tc: C.BaseConfig = cfg.base
     mc = cfg.model
@@ -65,9 +65,25 @@ def main(argv=None):
     ck = Checkpoints(out, keep=tc.keep_checkpoints)
     log = stage.logger("base", tag)
 
+    # CORE (nanochat's core_metric) every core_metric_every steps and at the last step, on core_max_per_task
+    # examples per task. The suite is resolved (the bundle fetched) here, so a failed download stops the run
+    # before any training rather than at the first CORE step.
+    core_every = tc.core_metric_every
+    core_suite = core_tasks.core_tasks(cfg.eval.core_bundle) if core_every > 0 else ()
+    # the loop has one evaluation hook, called every gcd(eval_every, core_metric_every) steps and at the last;
+    # each metric keeps its own schedule in it
+    every = math.gcd(*(e for e in (tc.eval_every, core_every) if e > 0)) or -1
+
     def evaluate_fn(state, step):
-        s = evaluate.loss_stats(state["params"], val_rows, token_bytes, mc, ctx.mesh, batch_rows=rows)
-        return {"val_bpb": s["bpb"], "val_loss": s["loss"]}
+        res, last = {}, step == n_iter
+        if train._due(step, tc.eval_every, last):
+            s = evaluate.loss_stats(state["params"], val_rows, token_bytes, mc, ctx.mesh, batch_rows=rows)
+            res.update(val_bpb=s["bpb"], val_loss=s["loss"])
+        if core_every > 0 and train._due(step, core_every, last):
+            scorer = evaluate.Scorer.for_model(state["params"], mc, ctx.mesh, batch_size=cfg.eval.batch_size)
+            r = evaluate.evaluate_core(scorer, tok, max_per_task=tc.core_max_per_task, tasks=core_suite)
+            res.update(core_metric=r["core"], core_tasks_run=r["core_tasks_run"])
+        return res
 
     def sample_fn(state, step):
         eng = Engine(state["params"], mc, tok, mesh=ctx.mesh)
@@ -80,7 +96,7 @@ def main(argv=None):
 
     loop = train.Loop(
         setup=setup, batches=batches, name="base_train", tokens_per_step=tokens_per_step, checkpoints=ck, log=log,
-        evaluate=evaluate_fn, eval_every=tc.eval_every, sample=sample_fn, sample_every=tc.sample_every,
+        evaluate=evaluate_fn, eval_every=every, sample=sample_fn, sample_every=tc.sample_every,
         save_every=tc.save_every, resume=tc.resume, overwrite=tc.overwrite,
         meta=lambda: {"stage": "base", "train": dataclasses.asdict(tc), "preset": cfg.preset,
                       "tokenizer_vocab": tok.vocab_size})
@@ -92,7 +108,8 @@ def main(argv=None):
                    flops_per_token=gpt.flops_per_token(mc), depth=mc.depth, preset=cfg.preset, source=tc.source)
     stage.write_summary("base", tag, summary)
     log_section("base-model-training", summary)
-    print0(f"[base_train] done: val bpb {val['val_bpb']:.4f}, {summary['tok_per_sec']:,.0f} tokens/s, "
+    core = f", CORE {summary['core_metric']:.4f}" if core_every > 0 else ""
+    print0(f"[base_train] done: val bpb {val['val_bpb']:.4f}{core}, {summary['tok_per_sec']:,.0f} tokens/s, "
            f"{summary['train_time_s'] / 60:.1f} min of steps")
     ck.close()
     return summary

@@ -1,6 +1,5 @@
 """jaxchat.corpus: embedded corpus, user files, FineWeb shard download (offline, loopback server)."""
 import ast
-import collections
 import hashlib
 import json
 import os
@@ -8,13 +7,13 @@ import pickle
 import subprocess
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from helpers import FileServer
 from jaxchat import corpus
 from jaxchat.corpus import CorpusError, describe_source, document_blocks, iter_documents
 
@@ -269,46 +268,6 @@ def test_fineweb_missing_shards_error(tmp_path):
         document_blocks("fineweb", "train", data_dir=tmp_path)
 
 
-class _ShardServer:
-    """Serves `files` over HTTP on 127.0.0.1; names in fail_once answer 500 once, names in truncate_once
-    send a short body under a full Content-Length once."""
-
-    def __init__(self, files):
-        self.files, self.requests = dict(files), collections.Counter()
-        self.fail_once, self.truncate_once = set(), set()
-        lock, server = threading.Lock(), self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                name = self.path.rsplit("/", 1)[-1]
-                with lock:
-                    server.requests[name] += 1
-                    fail = name in server.fail_once and not server.fail_once.discard(name)
-                    trunc = name in server.truncate_once and not server.truncate_once.discard(name)
-                if fail:
-                    return self.send_error(500, "transient")
-                if name not in server.files:
-                    return self.send_error(404)
-                body = server.files[name]
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body[: len(body) // 2] if trunc else body)
-                self.close_connection = True
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/datasets/fw/resolve/main/"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
 def shards(tmp_path, monkeypatch):
     monkeypatch.setenv("no_proxy", "*")
@@ -321,7 +280,7 @@ def shards(tmp_path, monkeypatch):
         docs[name] = [f"shard {i} document {j}: " + "text " * (j % 5) for j in range(7)]
         _write_parquet(src / name, docs[name], row_group_size=3)  # 3 row groups
         files[name] = (src / name).read_bytes()
-    server = _ShardServer(files)
+    server = FileServer(files)
     yield server, docs, tmp_path / "base_data"
     server.close()
 
@@ -336,7 +295,7 @@ def test_download_retry_truncation_skip_and_split(shards):
     assert dict(server.requests) == {names[0]: 1, names[1]: 2, names[2]: 2}  # one retry each
     for n in names:
         assert (out / n).read_bytes() == server.files[n]
-    assert sorted(p.name for p in out.iterdir()) == names  # no temporary files left
+    assert sorted(p.name for p in out.iterdir()) == sorted([*names, corpus.DOWNLOAD_MARKER])  # no temporary files left
     # re-running skips complete shards: no new requests
     corpus.download_fineweb(3, data_dir=out, workers=2, base_url=server.url, backoff=0.01, progress=False)
     assert sum(server.requests.values()) == 5
@@ -358,7 +317,7 @@ def test_download_truncated_or_corrupt_never_kept(shards):
     server.truncate_once.add(name)
     with pytest.raises(CorpusError, match="truncated transfer"):
         corpus.download_fineweb(1, data_dir=out, base_url=server.url, retries=0, progress=False)
-    assert list(out.iterdir()) == []  # neither the shard nor a temporary file
+    assert list(out.iterdir()) == []  # neither the shard nor a temporary file (nor a completion marker)
     corpus.download_fineweb(1, data_dir=out, base_url=server.url, retries=0, progress=False)
     assert (out / name).read_bytes() == server.files[name]
     # a body of the announced length that is not a parquet file (e.g. an HTML error page)
@@ -374,4 +333,37 @@ def test_download_truncated_or_corrupt_never_kept(shards):
     for bad in (0, corpus.NUM_FINEWEB_SHARDS + 1):
         with pytest.raises(CorpusError, match="num_shards"):
             corpus.download_fineweb(bad, data_dir=out, base_url=server.url, progress=False)
-    assert sorted(p.name for p in out.iterdir()) == [name]
+    assert sorted(p.name for p in out.iterdir()) == [corpus.DOWNLOAD_MARKER, name]
+    assert corpus.downloaded_shards(out) == 1  # the failed downloads of 2 never vouched for shard 1
+
+
+def test_listing_follows_the_completion_marker(shards):
+    """Shards only count once a finished download vouches for them: a larger download still running (or a
+    shard copied in by hand) does not move the val split, and other hosts wait for the marker."""
+    server, docs, out = shards
+    corpus.download_fineweb(2, data_dir=out, base_url=server.url, progress=False)
+    (out / corpus.shard_name(2)).write_bytes(server.files[corpus.shard_name(2)])  # "still downloading"
+    assert [p.name for p in corpus.list_fineweb_shards(out)] == [corpus.shard_name(i) for i in range(2)]
+    assert list(iter_documents("fineweb", "val", data_dir=out)) == docs[corpus.shard_name(1)]
+    corpus.wait_for_download(2, data_dir=out, timeout=0)  # already there: returns at once
+    with pytest.raises(CorpusError, match="vouch for 3 shards .*it says 2.*shares"):
+        corpus.wait_for_download(3, data_dir=out, timeout=0.05, poll=0.01)
+    done = threading.Timer(0.2, corpus.download_fineweb, (3,), dict(data_dir=out, base_url=server.url, progress=False))
+    done.start()
+    assert corpus.main(["wait", "-n", "3", "--data-dir", str(out), "--timeout", "30"]) == 0
+    done.join()
+    assert len(corpus.list_fineweb_shards(out)) == 3
+
+
+def test_shards_for_chars():
+    """Tokenizer shards: max_chars over the ~200M chars a shard keeps under doc_cap, plus the val shard (the
+    tokenizer reads the train split only). nanochat's 8 (d20) and 16 (d32) leave its 7 and 15 train shards
+    short of the 2B and 4B chars asked."""
+    from jaxchat import config as C
+
+    want = {"d20": 11, "d26": 11, "d32": 21}
+    for preset, n in want.items():
+        assert corpus.shards_for_chars(C.load(["tokenizer"], [f"--preset={preset}"]).tokenizer.max_chars) == n
+    assert corpus.shards_for_chars(1) == 2 and corpus.shards_for_chars(10**15) == corpus.NUM_FINEWEB_SHARDS
+    for n in (11, 21):  # the train split holds what is asked, with each shard's 250M chars cut to 80%
+        assert (n - 1) * 250e6 * 0.8 >= {11: 2e9, 21: 4e9}[n]

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import tiny_model, tiny_tokenizer
+from helpers import FileServer, tiny_model, tiny_tokenizer, write_eval_bundle, zip_dir
 from jaxchat import core_tasks as CT
 from jaxchat import evaluate as E
 from jaxchat import model as gpt
@@ -264,17 +264,7 @@ def test_evaluate_core_reports_tasks_run_and_not_run(tok, oracle_setup):
 
 def test_bundle_loader(tmp_path, tok, oracle_setup):
     """A (miniature) DCLM eval bundle replaces the offline suite: tasks, delimiters and baselines from it."""
-    d = tmp_path / "eval_bundle"
-    (d / "eval_data" / "lu").mkdir(parents=True)
-    (d / "core.yaml").write_text(
-        "icl_tasks:\n"
-        "- label: copa\n  dataset_uri: lu/copa.jsonl\n  num_fewshot: [0]\n  icl_task_type: multiple_choice\n"
-        "- label: lambada_openai\n  dataset_uri: lu/lambada.jsonl\n  num_fewshot: [0]\n"
-        "  icl_task_type: language_modeling\n  continuation_delimiter: \"\\nA: \"\n")
-    (d / "eval_meta_data.csv").write_text("Eval Task,Task Category,Random baseline\ncopa,x,50.0\n"
-                                          "lambada_openai,y,0.0\n")
-    (d / "eval_data" / "lu" / "copa.jsonl").write_text("\n".join(json.dumps(x) for x in TASKS["copa"].load()[:8]))
-    (d / "eval_data" / "lu" / "lambada.jsonl").write_text(json.dumps({"context": "Hi", "continuation": "there"}))
+    d = write_eval_bundle(tmp_path / "eval_bundle", TASKS["copa"].load()[:8])
     assert CT.bundle_present(d)
     suite = CT.core_tasks("auto", d)
     assert [(t.label, t.kind, t.shots, t.baseline, t.delimiter, t.source) for t in suite] == [
@@ -283,6 +273,53 @@ def test_bundle_loader(tmp_path, tok, oracle_setup):
     assert CT.core_tasks("off", d) == CT.OFFLINE_TASKS
     res = E.evaluate_core(oracle_setup[2], tok, tasks=suite)
     assert res["data"] == "eval_bundle" and res["core_tasks_run"] == 2
+
+
+
+def test_bundle_download(tmp_path, monkeypatch):
+    """download_eval_bundle / core_tasks("download") against a loopback server ($JAXCHAT_EVAL_BUNDLE_URL): unzipped
+    in place, parsed with the bundle's baselines, fetched once; a failed, corrupt or incomplete download leaves
+    no bundle folder (nor temporary files) and says how to get the data instead."""
+    monkeypatch.setenv("no_proxy", "*")
+    monkeypatch.setenv("NO_PROXY", "*")
+    good = zip_dir(write_eval_bundle(tmp_path / "src"), "eval_bundle")
+    server = FileServer({"eval_bundle.zip": good, "corrupt.zip": b"<html>rate limited</html>",
+                         "incomplete.zip": zip_dir(tmp_path / "src" / "eval_data", "eval_data")})
+    base = tmp_path / "base"
+    d = base / "eval_bundle"
+    server.truncate_once.add("eval_bundle.zip")  # a short body under the full Content-Length, once
+    try:
+        for name, err in [("missing.zip", "HTTP Error 404"), ("corrupt.zip", "not a zip file"),
+                          ("eval_bundle.zip", "truncated transfer"), ("incomplete.zip", "no core.yaml")]:
+            monkeypatch.setenv("JAXCHAT_EVAL_BUNDLE_URL", server.url + name)
+            with pytest.raises(RuntimeError, match=f"from {server.url + name}: .*{err}.*--core_bundle=auto"):
+                CT.core_tasks("download", d)
+            assert list(base.iterdir()) == []  # no half-written bundle, no temporary folder
+        monkeypatch.setenv("JAXCHAT_EVAL_BUNDLE_URL", server.url + "eval_bundle.zip")
+        suite = CT.core_tasks("download", d)  # the truncation was once: this download is complete
+        assert server.requests["eval_bundle.zip"] == 2
+        assert sorted(p.name for p in d.iterdir()) == ["core.yaml", "eval_data", "eval_meta_data.csv"]
+        assert [(t.label, t.baseline, t.source, len(t.load())) for t in suite] == [
+            ("copa", 50.0, "bundle", 8), ("lambada_openai", 0.0, "bundle", 1)]
+        assert [p.name for p in base.iterdir()] == ["eval_bundle"]
+        assert CT.core_tasks("download", d) == suite and server.requests["eval_bundle.zip"] == 2  # no refetch
+    finally:
+        server.close()
+
+
+
+def test_core_presets():
+    """GPU presets: CORE on the 22-task DCLM bundle, during training every 2000 steps on 500 examples per task
+    (nanochat's); tiny: the offline tasks, after training only (base_eval)."""
+    from jaxchat import config as C
+
+    for preset in ("d20", "d26", "d32"):
+        cfg = C.load(["base", "eval"], [f"--preset={preset}"])
+        assert (cfg.eval.core_bundle, cfg.base.core_metric_every, cfg.base.core_max_per_task) == ("download", 2000, 500)
+    tiny = C.load(["base", "eval"], ["--preset=tiny"])
+    assert (tiny.eval.core_bundle, tiny.base.core_metric_every) == ("auto", -1)
+    with pytest.raises(C.ConfigError, match="core_bundle must be auto"):
+        C.load(["eval"], ["--core_bundle=yes"])
 
 
 # ------------------------------------------------------------------------------------------------------------

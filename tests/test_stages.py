@@ -64,3 +64,31 @@ def test_stage_chain(tmp_path, monkeypatch):
     res = chat_eval.main(["-i", "rl", "-a", "Arithmetic", "-x", "4", "-m", "16"])
     arith = res["tasks"]["Arithmetic"]
     assert arith["total"] == 4 and 0 <= arith["accuracy"] <= 1, arith
+
+
+def test_base_train_core_metric(tmp_path, monkeypatch):
+    """CORE during base training: every --core_metric_every steps and at the last step, on the data that
+    [eval] core_bundle names (here "download", the GPU presets' setting, from a loopback server), logged as
+    core_metric eval records and in the summary; val bpb keeps its own --eval_every schedule."""
+    from helpers import FileServer, tiny_tokenizer, write_eval_bundle, zip_dir
+    from scripts import base_train
+
+    monkeypatch.setenv("JAXCHAT_BASE_DIR", str(tmp_path))
+    monkeypatch.setenv("no_proxy", "*")
+    monkeypatch.setenv("NO_PROXY", "*")
+    tiny_tokenizer().save(tmp_path / "tokenizer" / "tokenizer.model")
+    server = FileServer({"eval_bundle.zip": zip_dir(write_eval_bundle(tmp_path / "src"), "eval_bundle")})
+    monkeypatch.setenv("JAXCHAT_EVAL_BUNDLE_URL", server.url + "eval_bundle.zip")
+    try:
+        base = base_train.main([*MODEL, "--num_iterations=5", "--device_batch_size=1", "--eval_every=4",
+                                "--eval_tokens=512", "--sample_every=-1", "--save_every=-1", "--core_metric_every=2",
+                                "--core_max_per_task=2", "--core_bundle=download"])
+    finally:
+        server.close()
+    log = [json.loads(line) for line in (tmp_path / "base_checkpoints" / "d1" / "log.jsonl").read_text().splitlines()]
+    evals = [r for r in log if r.get("kind") == "eval"]
+    assert [r["step"] for r in evals if "core_metric" in r] == [2, 4, 5]
+    assert [r["step"] for r in evals if "val_bpb" in r] == [4, 5]
+    assert all(_finite(r["core_metric"]) and r["core_tasks_run"] == 2 for r in evals if "core_metric" in r)
+    assert base["core_metric"] == evals[-1]["core_metric"] and base["core_tasks_run"] == 2
+    assert (tmp_path / "eval_bundle" / "core.yaml").is_file()
