@@ -95,6 +95,8 @@ class MeshConfig:
     data: int = 1
     fsdp: int = -1
     tensor: int = 1
+    accelerator: bool = False  # a GPU/TPU preset: refuse to start on a CPU backend...
+    allow_cpu: bool = False  # ...unless asked (a deliberate CPU dry run of a GPU preset)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from optax.contrib import MuonState
 
@@ -92,16 +93,18 @@ def param_labels(params) -> dict:
 
 def lr_multiplier(step, num_iterations: int, warmup_ratio: float, warmdown_ratio: float, final_lr_frac: float):
     """nanochat's schedule: linear warmup, constant, then linear warmdown to final_lr_frac at the last step.
-    Works on Python ints and traced arrays alike."""
+    A traced step gives an array (inside the optimizer); a Python int gives a float computed on the host, so the
+    loop's logging never queues a device op behind the step it has just launched."""
     n = max(int(num_iterations), 1)
     warmup = round(warmup_ratio * n)
     warmdown = round(warmdown_ratio * n)
-    step = jnp.asarray(step, jnp.float32)
+    xp = np if isinstance(step, (int, np.integer)) else jnp
+    step = xp.asarray(step, xp.float32)
     up = (step + 1) / max(warmup, 1)
     progress = (n - step) / max(warmdown, 1)
     down = progress * 1.0 + (1 - progress) * final_lr_frac
-    mult = jnp.where(step < warmup, up, jnp.where(step <= n - warmdown, 1.0, down))
-    return mult
+    mult = xp.where(step < warmup, up, xp.where(step <= n - warmdown, 1.0, down))
+    return float(mult) if xp is np else mult
 
 
 def muon_momentum(step, start: float, end: float, warmup_steps: int):

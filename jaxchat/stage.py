@@ -3,6 +3,7 @@ checkpoint folders, logs, and the stage summary the report reads. Kept here so t
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,10 +34,31 @@ class Context:
     process_count: int
 
 
-def init(mesh_cfg) -> Context:
+# XLA preallocates 75% of a GPU by default; the GPU presets' memory plans (scripts/memory_plan.py) budget this
+# fraction instead. Set before the backend starts; a user's own setting wins.
+GPU_MEM_FRACTION = "0.92"
+
+
+def init(mesh_cfg, *, training: bool = False, dry_run: bool = False) -> Context:
+    os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", GPU_MEM_FRACTION)
     shd.maybe_initialize_distributed()
+    if training and mesh_cfg.accelerator and not (dry_run or mesh_cfg.allow_cpu):
+        require_accelerator()
     mesh = shd.make_mesh(mesh_cfg)
     return Context(mesh, mesh.size, jax.process_index(), jax.process_count())
+
+
+def require_accelerator() -> None:
+    """A GPU preset on a CPU backend would start a weeks-long run on one CPU device: stop at once instead."""
+    backend = jax.default_backend()
+    if backend != "cpu":
+        return
+    raise SystemExit(
+        f"this preset trains on GPUs (or TPUs), but JAX found only the {backend!r} backend "
+        f"({len(jax.devices())} device(s)). Install CUDA JAX for your driver: `bash run_all.sh setup --preset "
+        f"<preset>` (or pip install -e '.[gpu,hub]' for CUDA 12, '.[gpu13,hub]' for CUDA 13, driver >= 580), "
+        f"then check with `python -m scripts.gpu_check`. To run it on the CPU anyway, pass --allow_cpu; "
+        f"--dry_run prints the plan without a GPU.")
 
 
 def model_tag(tag: str, model_cfg) -> str:

@@ -28,7 +28,7 @@ from jaxchat.tokenizer import Tokenizer
 
 def main(argv=None):
     cfg = C.load(["model", "mesh", "base", "eval"], argv, extra={"dry_run": False, "devices": -1})
-    ctx = stage.init(cfg.mesh)
+    ctx = stage.init(cfg.mesh, training=True, dry_run=cfg.extra.dry_run)
     tc: C.BaseConfig = cfg.base
     mc = cfg.model
     tok = None if cfg.extra.dry_run else Tokenizer.load()

@@ -69,7 +69,7 @@ def pass_at_k(engine, task, tok, n_problems: int, k: int, max_new: int, temperat
 
 def main(argv=None):
     cfg = C.load(["mesh", "rl"], argv, extra={"source_step": -1})
-    ctx = stage.init(cfg.mesh)
+    ctx = stage.init(cfg.mesh, training=True)
     tc: C.RLConfig = cfg.rl
     tok = Tokenizer.load()
     params, mc, src_meta = stage.load_source(tc.source, tc.model_tag, ctx, cfg.extra.source_step)

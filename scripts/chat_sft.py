@@ -24,14 +24,15 @@ from jaxchat.tokenizer import Tokenizer
 
 
 def _masked_nll_sum(params, b, mc):
+    """(Σ nll, #targets) over an [A, B, T] batch: counted on the device, so every process sees global totals."""
     nll = gpt.token_nll(params, b["inputs"].reshape(-1, b["inputs"].shape[-1]),
                         b["targets"].reshape(-1, b["targets"].shape[-1]), mc)
-    return nll.sum()
+    return nll.sum(), (b["targets"] >= 0).sum()
 
 
 def main(argv=None):
     cfg = C.load(["mesh", "sft"], argv, extra={"source_step": -1})
-    ctx = stage.init(cfg.mesh)
+    ctx = stage.init(cfg.mesh, training=True)
     tc: C.SFTConfig = cfg.sft
     tok = Tokenizer.load()
     params, mc, src_meta = stage.load_source(tc.source, tc.model_tag, ctx, cfg.extra.source_step)
@@ -51,17 +52,19 @@ def main(argv=None):
     stage.banner("chat_sft", source=f"{tc.source} d{mc.depth} step {src_meta.get('step')}",
                  mixture=f"{len(train_task):,} conversations", batch=f"{accum} x {rows} conversations",
                  steps=f"{n_iter} ({n_iter / epoch_steps:.2f} epochs)")
-    val_batches = list(_take(data.SFTBatches(val_task, tok, rows=rows, accum=1, max_tokens=T, seed=0),
+    val_batches = list(_take(data.SFTBatches(val_task, tok, rows=local_rows, accum=1, max_tokens=T, seed=0,
+                                             process_index=ctx.process_index, process_count=ctx.process_count),
                              min(tc.eval_steps, len(val_task) // rows)))
     setup = train.create_train_state(mc, tc, ctx.mesh, n_iter, params=params)
     ck = Checkpoints(stage.out_dir("sft", tag), keep=tc.keep_checkpoints)
-    nll_sum = jax.jit(lambda p, b: _masked_nll_sum(p, b, mc))
+    # on the mesh like the train step: the batch sharded by the rules table, the model's layout pins active
+    nll_sum = train.with_mesh(ctx.mesh, jax.jit(lambda p, b: _masked_nll_sum(p, b, mc)))
 
     def evaluate_fn(state, step):
         tot = cnt = 0.0
         for b in val_batches:
-            tot += float(nll_sum(state["params"], b))
-            cnt += float((b["targets"] >= 0).sum())
+            s, c = nll_sum(state["params"], train.put_batch(setup, {k: b[k] for k in ("inputs", "targets")}))
+            tot, cnt = tot + float(s), cnt + float(c)
         out = {"val_loss": tot / max(cnt, 1)}
         if tc.eval_metrics_every > 0 and (step % tc.eval_metrics_every == 0 or step == n_iter):
             out.update(quick_metrics(state["params"], mc, tok, ctx, tc.eval_metrics_max_problems))

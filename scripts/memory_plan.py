@@ -4,7 +4,8 @@
     python -m scripts.memory_plan --preset d20                       # 8 emulated devices, nanochat's batch
     python -m scripts.memory_plan --preset d32 --remat=minimal --device_batch_size=8
 
-Runs anywhere: without 8 real devices it emulates them on the CPU (XLA_FLAGS), so the partitioning is the real
+The budget is an 80 GB H100 × the memory fraction the stages give XLA (stage.GPU_MEM_FRACTION; XLA's own default
+preallocates 75%). Runs anywhere: without 8 real devices it emulates them on the CPU (XLA_FLAGS), so the partitioning is the real
 one. Caveat printed with the result: the CPU compiler's attention materialises the [T, T] scores that cuDNN's
 flash attention on GPU never stores, so on GPU the figure is an upper bound. The last line is JSON.
 """
@@ -28,36 +29,24 @@ def main(argv=None):
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                    f" --xla_force_host_platform_device_count={n_dev}").strip()
     import jax
-    import jax.numpy as jnp
 
+    from jaxchat import compiled
     from jaxchat import config as C
     from jaxchat import model as gpt
     from jaxchat import sharding as shd
+    from jaxchat import stage
     from jaxchat import train
 
-    cfg = C.load(["model", "mesh", "base"], argv, extra={"devices": 8, "budget_gb": 80.0})
+    cfg = C.load(["model", "mesh", "base"], argv, extra={"devices": 8, "budget_gb": 80.0 * float(stage.GPU_MEM_FRACTION)})
     mc, tc = cfg.model, cfg.base
     devices = jax.devices()[:n_dev]
     if len(devices) < n_dev:
         raise SystemExit(f"need {n_dev} devices, have {len(jax.devices())} (set XLA_FLAGS before importing jax)")
     mesh = shd.make_mesh(cfg.mesh, devices)
     T = mc.max_seq_len
-    rows = tc.device_batch_size * n_dev
     accum = train.grad_accum_steps(tc.total_batch_size, tc.device_batch_size, T, n_dev)
-    tx = __import__("jaxchat.optim", fromlist=["make_optimizer"]).make_optimizer(mc, tc, 1000)
-    sh = train.state_shardings(mc, tx, mesh)
-    shapes = gpt.param_shapes(mc)
-    opt_shapes = jax.eval_shape(tx.init, shapes)
-    abstract = {"step": jax.ShapeDtypeStruct((), jnp.int32, sharding=sh["step"]),
-                "params": jax.tree.map(lambda s, h: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=h), shapes,
-                                       sh["params"]),
-                "opt_state": jax.tree.map(lambda s, h: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=h), opt_shapes,
-                                          sh["opt_state"])}
-    bsh = shd.batch_sharding(mesh, ndim=3, leading=1)
-    batch = {k: jax.ShapeDtypeStruct((accum, rows, T), jnp.int32, sharding=bsh) for k in ("inputs", "targets")}
-    setup = train.Setup(None, tx, mesh, sh, bsh, mc, tc, 1000)
     t0 = time.time()
-    lowered = train.jit_train_step(setup).lower(abstract, batch)
+    lowered = compiled.lower_train_step(mc, tc, mesh, accum=accum)
     t1 = time.time()
     compiled = lowered.compile()
     t2 = time.time()

@@ -23,7 +23,7 @@ from jaxchat.tokenizer import Tokenizer
 
 def main(argv=None):
     cfg = C.load(["mesh", "mid"], argv, extra={"source_step": -1})
-    ctx = stage.init(cfg.mesh)
+    ctx = stage.init(cfg.mesh, training=True)
     tc: C.MidConfig = cfg.mid
     tok = Tokenizer.load()
     params, mc, src_meta = stage.load_source(tc.source, tc.model_tag, ctx, cfg.extra.source_step)

@@ -101,3 +101,17 @@ ENTRY %main (a: f32[8]) -> f32[8] {
     assert colls["reduce-scatter"].wire_bytes == pytest.approx(32 * 32 * 4 * 7 / 8)
     assert colls["all-reduce"].group == 4 and colls["all-reduce"].bytes == 64
     assert "all-gather" in cp.loop_bodies(hlo) and "reduce-scatter" not in cp.loop_bodies(hlo)
+
+
+def test_perf_model_reads_the_program(capsys):
+    from scripts import perf_model
+
+    res = perf_model.main(SMALL)
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("{")
+    tr = res["train"]
+    # XLA's FLOPs include the rematerialised forward: above nanochat's count, below twice it
+    assert tr["model_flops_per_device"] < tr["xla_flops_per_device"] < 2 * tr["model_flops_per_device"]
+    h100 = tr["devices"]["H100 SXM"]
+    assert 0 < h100["mfu_no_overlap"] <= h100["mfu"] < 1
+    assert h100["step_s"] == max(h100["compute_s"], h100["memory_s"], h100["network_s"])
+    assert tr["wire_bytes_per_device"]["reduce-scatter"] > 0 and tr["wire_bytes_per_device"]["all-reduce"] < 1e4
