@@ -100,3 +100,27 @@ def test_params_are_created_sharded():
     wte = params["wte"]
     assert wte.sharding.spec == P(None, "fsdp")
     assert {s.data.shape for s in wte.addressable_shards} == {(CFG.vocab_size, CFG.n_embd // 8)}
+
+
+@pytest.mark.parametrize("mesh_cfg", [MeshConfig(fsdp=8), MeshConfig(data=2, fsdp=2, tensor=2)], ids=["fsdp8", "fsdp2_tensor2"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_per_device_loss_and_fsdp_layers_match_single_device(mesh_cfg, dtype):
+    """Under the mesh the loss head runs per device over chunks along T (vocabulary split over `tensor`) and the
+    layers gather weights / reduce-scatter gradients by hand: loss and gradients equal one device's."""
+    import dataclasses
+
+    cfg = dataclasses.replace(CFG, loss_chunk=32, compute_dtype=dtype)  # 8 rows x 4 positions a chunk
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == "float32" else dict(rtol=0.05, atol=2e-3)
+    seq = np.random.default_rng(0).integers(0, CFG.vocab_size, (1, 8, CFG.max_seq_len + 1), dtype=np.int32)
+    batch = {"inputs": seq[..., :-1], "targets": seq[..., 1:]}
+    fn = jax.jit(lambda p, b: train.loss_and_grads(p, b, cfg))
+    rng = np.random.default_rng(1)  # every weight non-zero (nanochat zero-inits the head and projections)
+    params = jax.tree.map(lambda x: (x + 0.05 * rng.standard_normal(x.shape)).astype(np.float32),
+                          jax.device_get(gpt.init_params(cfg, jax.random.key(0))))
+    one = train.create_train_state(cfg, TC, shd.make_mesh(MeshConfig(fsdp=1), jax.devices()[:1]), 10, params=params)
+    ref_loss, _, ref_grads = fn(one.state["params"], train.put_batch(one, batch))
+    setup = train.create_train_state(cfg, TC, shd.make_mesh(mesh_cfg), 10, params=params)
+    assert all(np.abs(g).max() > 0 for g in jax.tree.leaves(jax.device_get(ref_grads)))
+    loss, _, grads = train.with_mesh(setup.mesh, fn)(setup.state["params"], train.put_batch(setup, batch))
+    np.testing.assert_allclose(float(loss), float(ref_loss), **tol)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **tol), jax.device_get(grads), jax.device_get(ref_grads))
