@@ -54,7 +54,9 @@ Blocks
 Splits
 ------
 * FineWeb (nanochat's rule): the last ``*.parquet`` present in the directory is ``val``, all others
-  ``train`` (so training needs at least two shards).
+  ``train`` (so training needs at least two shards). Once ``download`` has written its completion marker
+  (``download_complete.json``), only the shards it finished count, so a download still running elsewhere
+  never changes the split, and other hosts can ``wait`` for the marker.
 * embedded and user files: a document is ``val`` when the first 8 bytes of sha1(document id) fall
   below 2% of 2**64; if that selects nothing (tiny sources), the document with the smallest hash is
   ``val``. Ids are stable and machine independent: ``stdlib/<relative path>``,
@@ -599,10 +601,38 @@ def shard_name(index: int) -> str:
     return f"shard_{index:05d}.parquet"
 
 
+DOWNLOAD_MARKER = "download_complete.json"  # {"num_shards": N}: shards 0..N-1 were all downloaded
+
+
+def downloaded_shards(data_dir=None) -> int | None:
+    """How many shards the downloader's completion marker vouches for (None: no marker)."""
+    try:
+        return int(json.loads((fineweb_dir(data_dir) / DOWNLOAD_MARKER).read_text())["num_shards"])
+    except FileNotFoundError:
+        return None
+
+
 def list_fineweb_shards(data_dir=None) -> list[Path]:
-    """Complete shards present on disk, sorted (temporary download files never end in .parquet)."""
+    """Complete shards present on disk, sorted (temporary download files never end in .parquet). Where the
+    downloader left its completion marker, only the shards it vouches for count: every host of a multi-host
+    run, and a stage started while a larger download still runs, then lists the same set."""
     d = fineweb_dir(data_dir)
-    return sorted(p for p in d.glob("*.parquet") if p.is_file()) if d.is_dir() else []
+    shards = sorted(p for p in d.glob("*.parquet") if p.is_file()) if d.is_dir() else []
+    done = downloaded_shards(d)
+    return shards if done is None else [p for p in shards if p.name in {shard_name(i) for i in range(done)}]
+
+
+def wait_for_download(num_shards: int, *, data_dir=None, timeout: float = 6 * 3600, poll: float = 5.0) -> None:
+    """Block until the completion marker vouches for `num_shards` shards: how the other hosts of a multi-host
+    run wait for process 0's download (scripts/pipeline.sh) before listing shards."""
+    num_shards = NUM_FINEWEB_SHARDS if num_shards == -1 else num_shards
+    d, t0 = fineweb_dir(data_dir), time.time()
+    while (downloaded_shards(d) or 0) < num_shards:
+        if time.time() - t0 > timeout:
+            raise CorpusError(f"waited {timeout:.0f} s for {d / DOWNLOAD_MARKER} to vouch for {num_shards} shards "
+                              f"(it says {downloaded_shards(d)}): did process 0's download fail, or is {d} not on "
+                              "a filesystem every host shares (set JAXCHAT_BASE_DIR to one)?")
+        time.sleep(poll)
 
 
 def _download_command(d: Path, data_dir) -> str:
@@ -728,6 +758,10 @@ def download_fineweb(num_shards: int, *, data_dir=None, workers: int = 4, base_u
             bar.update(1)
     if errors:
         raise CorpusError(f"{len(errors)} of {num_shards} shard(s) failed:\n  " + "\n  ".join(sorted(errors)))
+    if num_shards > (downloaded_shards(d) or 0):  # written last and atomically: readers never see a partial one
+        tmp = d / f"{DOWNLOAD_MARKER}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps({"num_shards": num_shards}) + "\n")
+        os.replace(tmp, d / DOWNLOAD_MARKER)
     return [d / shard_name(i) for i in range(num_shards)]
 
 
@@ -751,6 +785,10 @@ def main(argv=None) -> int:
     dl.add_argument("--workers", type=int, default=4)
     dl.add_argument("--retries", type=int, default=5)
     dl.add_argument("--base-url", default=DEFAULT_URL)
+    wt = sub.add_parser("wait", help="wait until a download (another host's) has finished N shards")
+    wt.add_argument("-n", "--num-shards", type=int, default=8)
+    wt.add_argument("--data-dir", default=None)
+    wt.add_argument("--timeout", type=float, default=6 * 3600, help="seconds")
     ds = sub.add_parser("describe", help="print a source's composition (docs, chars) per split")
     ds.add_argument("--source", default="embedded")
     ds.add_argument("--data-dir", default=None)
@@ -762,6 +800,8 @@ def main(argv=None) -> int:
             paths = download_fineweb(args.num_shards, data_dir=args.data_dir, workers=args.workers,
                                      base_url=args.base_url, retries=args.retries)
             print0(f"{len(paths)} shards in {paths[0].parent}")
+        elif args.cmd == "wait":
+            wait_for_download(args.num_shards, data_dir=args.data_dir, timeout=args.timeout)
         else:
             splits = SPLITS if args.split == "both" else (args.split,)
             descs = [describe_source(args.source, s, data_dir=args.data_dir) for s in splits]
@@ -778,6 +818,18 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def shards_for_chars(max_chars: int, chars_per_shard: float = 250e6, kept: float = 0.8) -> int:
+    """FineWeb-edu shards to download before training a tokenizer on `max_chars` characters: the train split
+    is every shard but the last (val), a shard holds ~250M chars (nanochat), and the 10,000-char doc_cap keeps
+    an estimated ~80% of them (FineWeb-edu documents average ~4.8k chars with a long tail). d20's 2B chars ->
+    11 shards, d32's 4B -> 21 (nanochat fetches 8 and 16, so its train split of 7 and 15 shards holds less
+    than it asks for). Erring high costs seconds (base training downloads these shards anyway); erring low
+    trains on fewer chars than asked, and on however many shards the background download had finished."""
+    import math
+
+    return min(NUM_FINEWEB_SHARDS, math.ceil(max_chars / (chars_per_shard * kept)) + 1)
 
 
 def shards_needed(preset: str, chars_per_token: float = 4.8, chars_per_shard: float = 250e6) -> int:

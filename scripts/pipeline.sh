@@ -77,17 +77,30 @@ else
   "$PY" -m jaxchat.report reset "$P" $([ "$FORCE" = 1 ] || echo --keep-sections)
 fi
 
-if [ "$GPU_PRESET" = 1 ] && [ "$DRY" = 0 ]; then
-  # nanochat's speedrun: 8 shards first (enough for the tokenizer), the rest in the background.
+# Multi-host: process 0 downloads; the others wait for its completion marker before any stage lists shards
+# (tok_train trains on process 0 only, the others wait for its tokenizer).
+RANK="${JAX_PROCESS_ID:-${SLURM_PROCID:-0}}"
+if [ "$GPU_PRESET" = 1 ]; then
+  # As nanochat: the shards the tokenizer reads first (its [tokenizer] max_chars), the rest in the background.
   SHARDS="$("$PY" -c "from jaxchat.corpus import shards_needed; print(shards_needed('$PRESET'))" 2>/dev/null || echo 240)"
-  "$PY" -m jaxchat.corpus download -n 8
-  "$PY" -m jaxchat.corpus download -n "$SHARDS" > "$LOGS/download.log" 2>&1 &
-  DOWNLOAD_PID=$!
+  TOK_SHARDS="$("$PY" -c "from jaxchat import config as C; from jaxchat.corpus import shards_for_chars
+print(shards_for_chars(C.load(['tokenizer'], ['$P']).tokenizer.max_chars))")"
+  if [ "$DRY" = 1 ]; then
+    printf '  %-22s %s\n' download "$PY -m jaxchat.corpus download -n $TOK_SHARDS, then -n $SHARDS in the background"
+  elif [ "$RANK" = 0 ]; then
+    "$PY" -m jaxchat.corpus download -n "$TOK_SHARDS"
+    "$PY" -m jaxchat.corpus download -n "$SHARDS" > "$LOGS/download.log" 2>&1 &
+    DOWNLOAD_PID=$!
+  fi
 fi
 
 stage tok_train      tokenizer-training     "$PY" -m scripts.tok_train "$P"
 stage tok_eval       tokenizer-evaluation   "$PY" -m scripts.tok_eval
 if [ "${DOWNLOAD_PID:-}" != "" ]; then say "waiting for the FineWeb-edu download"; wait "$DOWNLOAD_PID"; fi
+if [ "$GPU_PRESET" = 1 ] && [ "$DRY" = 0 ] && [ "$RANK" != 0 ]; then
+  say "waiting for process 0's FineWeb-edu download ($SHARDS shards)"
+  "$PY" -m jaxchat.corpus wait -n "$SHARDS"
+fi
 if [ "$DRY" = 1 ]; then
   DEV=""; [ "$GPU_PRESET" = 1 ] && DEV="--devices=8"
   "$PY" -m scripts.base_train "$P" --dry_run $DEV 2>/dev/null | grep "dry run" || true

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["--depth=2", "--vocab_size=512", "--max_seq_len=64"]
 
@@ -24,6 +26,14 @@ def test_bench_train_smoke():
     r = run_script("scripts.bench_train", *SMALL, "--steps=2", "--device_batch_size=2")
     assert r["bench"] == "train" and r["tokens_per_s"] > 0 and r["flops_per_s"] > 0 and r["compile_s"] > 0
     assert r["depth"] == 2 and r["seq_len"] == 64 and r["mfu"] is None  # no peak for a CPU
+
+
+def test_bench_data_smoke():
+    r = run_script("scripts.bench_data", "--vocab_size=512", "--max_chars=300000", "--seconds=0.5", "--rows=4",
+                   "--seq_len=256")
+    assert r["bench"] == "data" and r["batches"] >= 2 and r["threads"] >= 1 and r["cores"] >= 1
+    assert r["chars_per_s"] > r["tokens_per_s"] > 0 and r["tokens_per_s_per_core"] * r["cores"] == pytest.approx(
+        r["tokens_per_s"], abs=r["cores"])
 
 
 def test_bench_decode_smoke():

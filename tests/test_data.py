@@ -61,6 +61,13 @@ def test_bestfit_rows_start_with_bos_and_have_no_padding(corpus, tok):
         assert x.shape[1] == 48 and b["targets"].shape[-1] == 48
 
 
+def test_loader_threads_follow_the_host(monkeypatch):
+    assert data.host_threads() >= 1  # the cores this process may use
+    for cores, encode, grain in ((1, 1, 2), (3, 3, 2), (64, 16, 4), (200, 16, 13)):
+        monkeypatch.setenv("JAXCHAT_DATA_THREADS", str(cores))
+        assert (data.host_threads(), data.encode_threads(), data.grain_threads()) == (cores, encode, grain)
+
+
 def test_process_shards_are_disjoint_and_cover():
     blocks = range(11)
     ids = [[i] for i in blocks]  # stand-in blocks that name themselves
@@ -96,3 +103,29 @@ def test_sft_batch_trains_only_assistant_tokens(tok):
     assert not any(int(t) in out_tokens for t in y[0][trained])  # tool output is not trained
     assert y[0][trained][-1] == tok.encode_special("<|assistant_end|>")
     assert not (y[1] >= 0).any()  # the truncated user-only row has nothing to train
+
+
+def test_conversation_loaders_resume_exactly(tok):
+    """Mid/SFT batches are rendered ahead on a background thread; a restored state still gives the identical
+    next batches (the state is an index, the rendering a pure function of it)."""
+    task = [{"messages": [{"role": "user", "content": f"What is {i} + {i * 7}?" + " Please." * (i % 5)},
+                          {"role": "assistant", "content": f"It is {i + i * 7}."}]} for i in range(40)]
+
+    def mid():
+        return data.RowBatches(data.Packer(data.conversation_stream(task, tok, max_tokens=32, group=4, repeat=True),
+                                           32), rows=2)
+
+    def sft():
+        return data.SFTBatches(task, tok, rows=2, accum=2, max_tokens=64, seed=3)
+
+    for mk in (mid, sft):
+        a = mk()
+        take(a, 5)
+        state, expect = a.get_state(), take(a, 12)  # runs past the end of an epoch
+        for before in (2, 9):  # restored forward, and back over batches already rendered ahead
+            b = mk()
+            take(b, before)
+            b.set_state(state)
+            for x, y in zip(expect, take(b, 12)):
+                np.testing.assert_array_equal(x["inputs"], y["inputs"])
+                np.testing.assert_array_equal(x["targets"], y["targets"])

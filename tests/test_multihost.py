@@ -1,5 +1,7 @@
 """Two processes x 4 CPU devices on 127.0.0.1 (jax.distributed, gloo) train a few steps and match one process
-with 8 devices: data is split per process, the mesh spans both, and the losses agree."""
+with 8 devices: data is split per process, the mesh spans both, and the losses agree. Two processes run
+tok_train against one base dir: process 0 trains, the other waits and loads the same file."""
+import hashlib
 import json
 import os
 import socket
@@ -12,11 +14,27 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def worker(process_id: int, num_processes: int, port: int) -> None:
+def _join(process_id: int, num_processes: int, port: int) -> None:
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={8 // num_processes}"
     if num_processes > 1:
         os.environ.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(num_processes),
                           JAX_PROCESS_ID=str(process_id))
+
+
+def tok_worker(process_id: int, num_processes: int, port: int) -> None:
+    _join(process_id, num_processes, port)
+    from jaxchat import tokenizer
+    from scripts import tok_train
+
+    train = tokenizer.train_tokenizer  # count the trainings: print0 alone would hide one on process 1
+    tokenizer.train_tokenizer = lambda *a, **k: print("TRAINING", flush=True) or train(*a, **k)
+    summary = tok_train.main(["--vocab_size=512", "--max_chars=200000"])
+    digest = hashlib.sha256((tokenizer.default_tokenizer_dir() / "tokenizer.model").read_bytes()).hexdigest()
+    print("TOKENIZER " + json.dumps({"file": digest, "summary": summary["sha256"]}), flush=True)
+
+
+def worker(process_id: int, num_processes: int, port: int) -> None:
+    _join(process_id, num_processes, port)
     import jax
     import numpy as np
 
@@ -45,26 +63,39 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(n: int) -> list[list[float]]:
+def _run(n: int, mode: str = "train", **env) -> list[str]:
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_") or k == "JAX_PLATFORMS"}
-    procs = [subprocess.Popen([sys.executable, __file__, str(i), str(n), str(port)], cwd=ROOT, env=env,
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("JAX_") or k == "JAX_PLATFORMS"}, **env}
+    procs = [subprocess.Popen([sys.executable, __file__, mode, str(i), str(n), str(port)], cwd=ROOT, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(n)]
     outs = [p.communicate(timeout=240)[0] for p in procs]
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out[-3000:]
-    return [json.loads(next(line for line in out.splitlines() if line.startswith("LOSSES "))[7:]) for out in outs]
+    return outs
+
+
+def _line(out: str, tag: str):
+    return json.loads(next(line for line in out.splitlines() if line.startswith(tag + " "))[len(tag) + 1:])
 
 
 @pytest.mark.slow
 def test_two_processes_match_one():
-    one = _run(1)[0]
-    two = _run(2)
+    one = _line(_run(1)[0], "LOSSES")
+    two = [_line(out, "LOSSES") for out in _run(2)]
     assert two[0] == two[1]  # every process sees the same global loss
     assert two[0] == pytest.approx(one, rel=1e-5)
     assert one[-1] < one[0]
 
 
+def test_tokenizer_trained_once_and_shared(tmp_path):
+    outs = _run(2, "tok", JAXCHAT_BASE_DIR=str(tmp_path))
+    assert [out.count("TRAINING") for out in outs] == [1, 0]  # only process 0 trained
+    assert "uses the tokenizer process 0 trained" in outs[1], outs[1][-2000:]
+    seen = [_line(out, "TOKENIZER") for out in outs]
+    assert seen[0]["file"] == seen[1]["file"] == seen[0]["summary"] == seen[1]["summary"]
+    assert json.loads((tmp_path / "report" / "tokenizer-training.json").read_text())["sha256"] == seen[0]["file"]
+
+
 if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))
-    worker(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))
+    {"train": worker, "tok": tok_worker}[sys.argv[1]](int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
