@@ -221,12 +221,12 @@ def block(p: Params, x_BxTxD, cos, sin, cfg: ModelConfig, kv=None, pos_B=None, q
         q, k, v = jnp.split(qkv, [H * Dh, (H + K) * Dh], axis=-1)
     else:
         q, k, v = h @ p["wq"].astype(dt), h @ p["wk"].astype(dt), h @ p["wv"].astype(dt)
-    q = constrain(q.reshape(B, T, H, Dh), heads)
-    k = constrain(k.reshape(B, T, K, Dh), heads)
-    v = constrain(v.reshape(B, T, K, Dh), heads)
+    # the projections are what remat "minimal" keeps (rotary and the norms are cheap to redo)
+    q = _name(constrain(q.reshape(B, T, H, Dh), heads), "q")
+    k = _name(constrain(k.reshape(B, T, K, Dh), heads), "k")
+    v = _name(constrain(v.reshape(B, T, K, Dh), heads), "v")
     q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
     q, k = rms_norm(q), rms_norm(k)
-    q = _name(q, "q")
     if kv is None or fresh:
         o = causal_attention(q, k, v, cfg)
     if kv is not None:
@@ -356,8 +356,12 @@ def _remat_policy(cfg: ModelConfig):
         return jax.checkpoint_policies.nothing_saveable
     if cfg.remat == "dots":
         return jax.checkpoint_policies.dots_with_no_batch_dims_saveable
-    if cfg.remat == "minimal":  # keep q, the attention output and the MLP input; recompute the rest
-        return jax.checkpoint_policies.save_only_these_names("q", "attn_out", "mlp_in")
+    if cfg.remat == "minimal":
+        # keep the q, k, v projections, the attention output, the MLP input, and cuDNN
+        # attention's own outputs (its output and softmax statistics: without them the backward reruns the
+        # attention forward); recompute the norms, rotary and activations
+        names = jax.checkpoint_policies.save_only_these_names("q", "k", "v", "attn_out", "mlp_in")
+        return lambda prim, *args, **kw: prim.name.startswith("dot_product_attention_fwd") or names(prim, *args, **kw)
     return None
 
 
