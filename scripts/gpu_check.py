@@ -193,7 +193,10 @@ def check_loader(x):
 
 def main(argv=None):
     from jaxchat import config as C
+    from jaxchat.stage import GPU_MEM_FRACTION
+
     cfg = C.load([], argv, extra={"checks": CHECKS, "device_batch_size": 32, "loader_seconds": 3.0})
+    os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", GPU_MEM_FRACTION)  # as the stages run (before JAX starts)
     import jax
     names, results = cfg.extra.checks.split(","), {}
     if unknown := set(names) - set(CHECKS.split(",")):
