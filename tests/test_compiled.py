@@ -115,3 +115,21 @@ def test_perf_model_reads_the_program(capsys):
     assert 0 < h100["mfu_no_overlap"] <= h100["mfu"] < 1
     assert h100["step_s"] == max(h100["compute_s"], h100["memory_s"], h100["network_s"])
     assert tr["wire_bytes_per_device"]["reduce-scatter"] > 0 and tr["wire_bytes_per_device"]["all-reduce"] < 1e4
+
+
+def test_remat_minimal_recomputes_no_projection():
+    """remat "minimal" keeps the raw q/k/v projections and (on GPU) cuDNN attention's outputs and statistics:
+    the backward reruns norms, rotary and XLA attention's scores, not the projections (it used to redo all
+    three: ~4 projections' FLOPs of recompute)."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    cfg = C.load(["model", "mesh", "base"], SMALL + ["--scan_layers=false", "--loss_chunk=0"])
+    mesh = shd.make_mesh(C.MeshConfig(fsdp=1), jax.devices()[:1])
+    flops = {r: cp.analyse(cp.lower_train_step(dataclasses.replace(cfg.model, remat=r), cfg.base, mesh, rows=8)
+                           .compile())["flops"] for r in ("none", "minimal")}
+    B, T, D, L = 8, cfg.model.max_seq_len, cfg.model.n_embd, cfg.model.n_layer
+    projection = 2 * B * T * D * D * L  # one D×D product over the batch, every layer
+    assert 0 < flops["minimal"] - flops["none"] < 2 * projection
+    policy = gpt._remat_policy(cfg.model)
+    assert policy(SimpleNamespace(name="dot_product_attention_fwd_wrapper"))  # cuDNN's forward is kept
