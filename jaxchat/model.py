@@ -269,7 +269,8 @@ def decode_layers(blocks) -> list:
 def placed(tree, axes_tree, cfg: ModelConfig):
     """Weights in the compute dtype, pinned to their rules-table layout (under a mesh; else unchanged): each
     device casts its own shard, so gathers move compute-dtype weights; the gradient returns to float32."""
-    if jax.sharding.get_abstract_mesh().empty:
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
         return tree
     dt = jnp.dtype(cfg.compute_dtype)
     return jax.tree.map(lambda p, ax: _cast_in_place(p, dt, ax), tree, axes_tree, is_leaf=lambda x: isinstance(x, tuple))
@@ -443,7 +444,7 @@ def token_nll(params: Params, tokens_BxT, targets_BxT, cfg: ModelConfig):
     full [B, T, V] float32 logits never exist at once (65,536-vocab presets on GPU)."""
     h, _ = hidden_states(params, tokens_BxT, cfg)
     mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty:
+    if mesh.empty or mesh.size == 1:
         return _local_nll(h, targets_BxT, params["lm_head"], cfg)
     # Under a mesh the head runs per device (shard_map): each device gathers the head once, scores its own
     # rows, and its gradient leaves as one reduce-scatter after all chunks. Left to the partitioner, the
@@ -468,7 +469,7 @@ def _local_nll(h_BxTxD, t_BxT, w_DxV, cfg: ModelConfig, gather_axis=None, vocab_
     V = w_DxV.shape[1]
 
     def chunk_nll(a):
-        h, t = a
+        h, t = a[0].reshape(-1, D), a[1].reshape(-1)  # one [tokens, D] product (XLA:CPU: ~20% faster step)
         z = jnp.dot(h, w_DxV.astype(h.dtype), preferred_element_type=jnp.float32)
         z = cfg.softcap * jnp.tanh(z / cfg.softcap)
         if vocab_axis is None:
@@ -481,7 +482,7 @@ def _local_nll(h_BxTxD, t_BxT, w_DxV, cfg: ModelConfig, gather_axis=None, vocab_
             mine = (idx >= 0) & (idx < V)
             gold = jnp.take_along_axis(z, jnp.clip(idx, 0, V - 1)[..., None], axis=-1)[..., 0]
             gold = jax.lax.psum(jnp.where(mine, gold, 0.0), vocab_axis)
-        return jnp.where(t >= 0, lse - gold, 0.0)
+        return jnp.where(t >= 0, lse - gold, 0.0).reshape(a[1].shape)
 
     n = cfg.loss_chunk
     if n <= 0 or n >= B * T:
