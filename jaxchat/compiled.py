@@ -14,10 +14,12 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
+from jaxchat import engine
 from jaxchat import model as gpt
 from jaxchat import sharding as shd
 from jaxchat import train
 from jaxchat.config import ModelConfig, TrainConfig
+from jaxchat.optim import make_optimizer
 
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 DTYPE_BYTES = {"f32": 4, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8, "pred": 1,
@@ -144,8 +146,6 @@ def lower_train_step(mc: ModelConfig, tc: TrainConfig, mesh, *, accum: int = 1, 
                      num_iterations: int = 1000):
     """The real jitted train step (train.jit_train_step) lowered for `mesh` from abstract state and batch:
     [accum, rows, T] tokens, rows = device_batch_size × mesh size by default."""
-    from jaxchat.optim import make_optimizer
-
     rows = rows or tc.device_batch_size * mesh.size
     tx = make_optimizer(mc, tc, num_iterations)
     sh = train.state_shardings(mc, tx, mesh)
@@ -163,8 +163,6 @@ def lower_train_step(mc: ModelConfig, tc: TrainConfig, mesh, *, accum: int = 1, 
 def lower_decode_loop(mc: ModelConfig, mesh, *, batch: int, cache_len: int, max_new: int = 256):
     """The engine's decode loop (`engine.run`: a while_loop of cached one-token steps) lowered for `mesh`, with
     the params, the KV cache and the decode state sharded as the engine shards them."""
-    from jaxchat import engine
-
     params = _abstract(gpt.param_shapes(mc), shd.param_shardings(mc, mesh))
     st_shapes = jax.eval_shape(lambda: engine.new_state(mc, batch, cache_len, max_new))
     st = _abstract(st_shapes, engine.state_shardings(st_shapes, mesh))

@@ -383,7 +383,7 @@ def hidden_states(params: Params, tokens_BxT, cfg: ModelConfig, *, cache=None, l
     dt = jnp.dtype(cfg.compute_dtype)
     B, T = tokens_BxT.shape
     # pinned before the norm: the lookup's re-layout (wte is sharded on its width) then moves compute-dtype rows
-    wte = params["wte"] if cache is not None else placed(params["wte"], ("vocab", "embed"), cfg)
+    wte = params["wte"] if cache is not None else placed(params["wte"], param_axes(cfg)["wte"], cfg)
     x = rms_norm(constrain(wte.astype(dt)[tokens_BxT], ACT))
     blocks = params["blocks"]
     if cache is None:
