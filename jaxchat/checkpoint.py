@@ -184,7 +184,7 @@ def load_model(stage: str, model_tag: str | None = None, step: int | None = None
     meta = ck.read_meta(step)
     model_cfg = C.build(C.ModelConfig, meta["model"])
     mesh = mesh or shd.make_mesh()
-    shardings = shd.param_shardings(model_cfg, mesh)
+    shardings = gpt.param_shardings(model_cfg, mesh)
     abstract = abstract_like(gpt.param_shapes(model_cfg), shardings)
     items, meta = ck.restore(step, abstract_params=abstract)
     return items["params"], model_cfg, meta

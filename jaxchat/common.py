@@ -20,6 +20,14 @@ def base_dir() -> Path:
     return d
 
 
+def bucket(n: int, buckets) -> int:
+    """The smallest of the ascending `buckets` that holds n; past the largest, a clear error."""
+    for b in buckets:
+        if n <= b:
+            return b
+    raise ValueError(f"{n} exceeds the largest bucket {buckets[-1]}")
+
+
 def process_index() -> int:
     """Process id without forcing JAX to initialise when it has not been imported yet."""
     import sys

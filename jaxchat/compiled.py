@@ -163,7 +163,7 @@ def lower_train_step(mc: ModelConfig, tc: TrainConfig, mesh, *, accum: int = 1, 
 def lower_decode_loop(mc: ModelConfig, mesh, *, batch: int, cache_len: int, max_new: int = 256):
     """The engine's decode loop (`engine.run`: a while_loop of cached one-token steps) lowered for `mesh`, with
     the params, the KV cache and the decode state sharded as the engine shards them."""
-    params = _abstract(gpt.param_shapes(mc), shd.param_shardings(mc, mesh))
+    params = _abstract(gpt.param_shapes(mc), gpt.param_shardings(mc, mesh))
     st_shapes = jax.eval_shape(lambda: engine.new_state(mc, batch, cache_len, max_new))
     st = _abstract(st_shapes, engine.state_shardings(st_shapes, mesh))
     with jax.set_mesh(mesh):

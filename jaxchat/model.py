@@ -26,7 +26,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from jaxchat.config import ModelConfig
-from jaxchat.sharding import RULES, constrain, spec_for
+from jaxchat.sharding import RULES, constrain, spec_for, tree_shardings
 
 Params = dict[str, Any]
 # torch's F.rms_norm(eps=None) uses the dtype's machine epsilon; we normalise in float32 with that value.
@@ -89,6 +89,11 @@ def param_axes(cfg: ModelConfig) -> dict:
 def param_shapes(cfg: ModelConfig) -> Params:
     """Shape/dtype structs of the params without allocating them."""
     return jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
+
+
+def param_shardings(cfg: ModelConfig, mesh) -> Params:
+    """Every param's NamedSharding on `mesh`, from its logical axes and the rules table."""
+    return tree_shardings(param_axes(cfg), param_shapes(cfg), mesh)
 
 
 def num_params(cfg: ModelConfig) -> int:

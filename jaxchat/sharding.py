@@ -13,6 +13,7 @@ tiny models still run on big meshes; `explain()` shows what was dropped.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -122,6 +123,26 @@ def constrain(x, axes: tuple, rules: Rules = RULES):
     return jax.lax.with_sharding_constraint(x, spec_for(axes, x.shape, mesh, rules))
 
 
+def scope(mesh: Mesh | None):
+    """The one way code enters a mesh: `jax.set_mesh(mesh)` (so `constrain` sees it), or nothing for None."""
+    return jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()
+
+
+class in_mesh:
+    """`fn` traced and called under `scope(mesh)`; `.lower()` too (for the compiled-program tests)."""
+
+    def __init__(self, mesh, fn):
+        self.mesh, self.fn = mesh, fn
+
+    def __call__(self, *args, **kwargs):
+        with scope(self.mesh):
+            return self.fn(*args, **kwargs)
+
+    def lower(self, *args, **kwargs):
+        with scope(self.mesh):
+            return self.fn.lower(*args, **kwargs)
+
+
 def tree_shardings(axes_tree, shapes_tree, mesh: Mesh, rules: Rules = RULES):
     """NamedShardings for a tree of arrays given a parallel tree of logical-axes tuples."""
     is_axes = lambda x: isinstance(x, tuple) and all(isinstance(a, (str, type(None))) for a in x)  # noqa: E731
@@ -129,12 +150,6 @@ def tree_shardings(axes_tree, shapes_tree, mesh: Mesh, rules: Rules = RULES):
         lambda ax, s: NamedSharding(mesh, spec_for(ax, tuple(s.shape), mesh, rules)),
         axes_tree, shapes_tree, is_leaf=is_axes,
     )
-
-
-def param_shardings(model_cfg, mesh: Mesh, rules: Rules = RULES):
-    from jaxchat import model
-
-    return tree_shardings(model.param_axes(model_cfg), model.param_shapes(model_cfg), mesh, rules)
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2, rules: Rules = RULES, leading: int = 0) -> NamedSharding:

@@ -43,7 +43,7 @@ class Setup:
 
 
 def state_shardings(model_cfg: ModelConfig, tx, mesh) -> dict:
-    p_sh = shd.param_shardings(model_cfg, mesh)
+    p_sh = gpt.param_shardings(model_cfg, mesh)
     replicated = NamedSharding(mesh, P())
     o_sh = opt_state_shardings(tx, gpt.param_shapes(model_cfg), p_sh, replicated)
     return {"step": replicated, "params": p_sh, "opt_state": o_sh}
@@ -104,24 +104,8 @@ def jit_train_step(setup: Setup) -> Callable:
     """train_step jitted with explicit shardings and the state donated (updated in place)."""
     replicated = NamedSharding(setup.mesh, P())
     fn = lambda state, batch: train_step(state, batch, tx=setup.tx, model_cfg=setup.model_cfg)  # noqa: E731
-    return with_mesh(setup.mesh, jax.jit(fn, in_shardings=(setup.state_shardings, setup.batch_sharding),
+    return shd.in_mesh(setup.mesh, jax.jit(fn, in_shardings=(setup.state_shardings, setup.batch_sharding),
                                          out_shardings=(setup.state_shardings, replicated), donate_argnums=0))
-
-
-class with_mesh:
-    """A jitted function that is traced (and called) under `jax.set_mesh(mesh)`, so the model's activation
-    sharding constraints (sharding.constrain) see the mesh. `.lower()` works like the jitted function's."""
-
-    def __init__(self, mesh, fn):
-        self.mesh, self.fn = mesh, fn
-
-    def __call__(self, *args, **kwargs):
-        with jax.set_mesh(self.mesh):
-            return self.fn(*args, **kwargs)
-
-    def lower(self, *args, **kwargs):
-        with jax.set_mesh(self.mesh):
-            return self.fn.lower(*args, **kwargs)
 
 
 def put_batch(setup: Setup, batch_np: dict):

@@ -17,6 +17,7 @@ import jax
 from jaxchat import config as C
 from jaxchat import data, stage, train
 from jaxchat import model as gpt
+from jaxchat import sharding as shd
 from jaxchat.checkpoint import Checkpoints
 from jaxchat.common import cli, log_section, print0
 from jaxchat.tasks import sft_mixture
@@ -58,7 +59,7 @@ def main(argv=None):
     setup = train.create_train_state(mc, tc, ctx.mesh, n_iter, params=params)
     ck = Checkpoints(stage.out_dir("sft", tag), keep=tc.keep_checkpoints)
     # on the mesh like the train step: the batch sharded by the rules table, the model's layout pins active
-    nll_sum = train.with_mesh(ctx.mesh, jax.jit(lambda p, b: _masked_nll_sum(p, b, mc)))
+    nll_sum = shd.in_mesh(ctx.mesh, jax.jit(lambda p, b: _masked_nll_sum(p, b, mc)))
 
     def evaluate_fn(state, step):
         tot = cnt = 0.0

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def sharded_params(mesh_cfg, devices):
     mesh = shd.make_mesh(mesh_cfg, devices)
-    sh = shd.param_shardings(CFG, mesh)
+    sh = gpt.param_shardings(CFG, mesh)
     return shd.init_sharded(lambda k: gpt.init_params(CFG, k), sh, jax.random.key(3)), sh
 
 

@@ -51,7 +51,7 @@ def test_greedy_with_cache_equals_full_forward(setup, tok, mesh):
     m = None
     if mesh:
         m = shd.make_mesh(MeshConfig(fsdp=8))
-        p = jax.device_put(p, shd.param_shardings(cfg, m))
+        p = jax.device_put(p, gpt.param_shardings(cfg, m))
     eng = E.Engine(p, cfg, tok, mesh=m)
     prompt = tok.encode("import json\ndef load(path):", prepend=tok.bos_id)
     seqs, masks = eng.generate_batch(prompt, max_tokens=64, temperature=0.0, use_tools=False)

@@ -340,7 +340,7 @@ def test_core_same_on_one_device_and_mesh(tok):
     out = []
     for devices, mc in [(jax.devices()[:1], MeshConfig(fsdp=1)), (jax.devices(), MeshConfig(fsdp=8))]:
         mesh = shd.make_mesh(mc, devices=devices)
-        sc = E.Scorer.for_model(jax.device_put(p, shd.param_shardings(cfg, mesh)), cfg, mesh, batch_size=8,
+        sc = E.Scorer.for_model(jax.device_put(p, gpt.param_shardings(cfg, mesh)), cfg, mesh, batch_size=8,
                                 buckets=(128,))
         res = E.evaluate_core(sc, tok, max_per_task=16, only=["copa", "winogrande", "lambada_openai"], bundle="off")
         exs = CT.prepare(TASKS["copa"], TASKS["copa"].load(), tok, 128, 16)

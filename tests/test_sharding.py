@@ -95,7 +95,7 @@ def test_rules_table_layouts():
 def test_params_are_created_sharded():
     """jit(init, out_shardings) gives each device only its shard (nothing is materialised whole first)."""
     mesh = shd.make_mesh(MeshConfig(fsdp=8))
-    sh = shd.param_shardings(CFG, mesh)
+    sh = gpt.param_shardings(CFG, mesh)
     params = shd.init_sharded(lambda k: gpt.init_params(CFG, k), sh, jax.random.key(0))
     wte = params["wte"]
     assert wte.sharding.spec == P(None, "fsdp")
@@ -121,6 +121,6 @@ def test_per_device_loss_and_fsdp_layers_match_single_device(mesh_cfg, dtype):
     ref_loss, _, ref_grads = fn(one.state["params"], train.put_batch(one, batch))
     setup = train.create_train_state(cfg, TC, shd.make_mesh(mesh_cfg), 10, params=params)
     assert all(np.abs(g).max() > 0 for g in jax.tree.leaves(jax.device_get(ref_grads)))
-    loss, _, grads = train.with_mesh(setup.mesh, fn)(setup.state["params"], train.put_batch(setup, batch))
+    loss, _, grads = shd.in_mesh(setup.mesh, fn)(setup.state["params"], train.put_batch(setup, batch))
     np.testing.assert_allclose(float(loss), float(ref_loss), **tol)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **tol), jax.device_get(grads), jax.device_get(ref_grads))
