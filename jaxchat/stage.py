@@ -85,6 +85,17 @@ def write_summary(stage: str, tag: str, summary: dict) -> Path:
     return path
 
 
+def finish(section: str, summary: dict, *, checkpoints=None) -> dict:
+    """What every stage does at the end: write its report section (the report's input and the pipeline's
+    "done" marker) and close its checkpoints. (Interim form; the fixed schema comes next.)"""
+    from jaxchat.common import log_section
+
+    log_section(section, summary)
+    if checkpoints is not None:
+        checkpoints.close()
+    return summary
+
+
 def rows_per_process(device_batch_size: int, ctx: Context) -> tuple[int, int]:
     """(global rows, this process's rows) for one micro-step."""
     rows = device_batch_size * ctx.n_devices
