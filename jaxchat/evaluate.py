@@ -392,30 +392,18 @@ def format_core_table(res: dict) -> str:
 # ====================================================================================================
 # Chat evaluation: categorical (ARC, MMLU) and generative (GSM8K, HumanEval, SpellingBee, Arithmetic), ChatCORE
 
-CHAT_SPLITS = {"ARC-Easy": "test", "ARC-Challenge": "test", "MMLU": "test", "GSM8K": "test", "HumanEval": "all 164",
-               "SpellingBee": "synthetic test (256)", "Arithmetic": "synthetic test (400)"}
-
-
 def chat_task(name: str):
-    """chat_eval's tasks by name (evaluation splits). Arithmetic is the offline stand-in for GSM8K's tool use
-    (its test split, 400 items, as the RL stage evaluates); it is not part of ChatCORE."""
+    """chat_eval's tasks by name, on their evaluation splits (the registry: tasks.CHAT_EVALS)."""
     from jaxchat import tasks as T
 
-    key = name.lower().replace("-", "_")
-    if key == "arithmetic":
-        return T.Arithmetic("test", size=400)
-    for canonical in T.CHATCORE_BASELINES:
-        if canonical.lower().replace("-", "_") == key:
-            return T.get_task(canonical)
-    raise KeyError(f"unknown chat_eval task {name!r}; known: {list(CHAT_SPLITS)}")
+    return T.CHAT_EVALS[T.chat_eval_name(name)].make()
 
 
 def canonical_chat_name(name: str) -> str:
-    key = name.lower().replace("-", "_")
-    for c in CHAT_SPLITS:
-        if c.lower().replace("-", "_") == key:
-            return c
-    raise KeyError(f"unknown chat_eval task {name!r}; known: {list(CHAT_SPLITS)}")
+    from jaxchat import tasks as T
+
+    return T.chat_eval_name(name)
+
 
 
 def letter_token(tokenizer, letter: str) -> int:

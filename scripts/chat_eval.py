@@ -27,7 +27,7 @@ from jaxchat import evaluate, stage
 from jaxchat.checkpoint import load_model
 from jaxchat.common import base_dir, cli, log_section, print0, process_index
 from jaxchat.engine import Engine
-from jaxchat.tasks import CHATCORE_BASELINES
+from jaxchat.tasks import CHAT_EVALS, CHATCORE_BASELINES
 from jaxchat.tokenizer import Tokenizer
 
 SHORT = {"-i": "--source", "-a": "--tasks", "-x": "--max_problems", "-n": "--num_samples", "-t": "--temperature",
@@ -61,7 +61,7 @@ def main(argv=None):
         if task.eval_type != "categorical" and kind >= 0 and not x_given:
             limit = kind
         n = len(task) if limit < 0 else min(limit, len(task))
-        print0(f"[chat_eval] {name}: {n} problems ({evaluate.CHAT_SPLITS[name]})")
+        print0(f"[chat_eval] {name}: {n} problems ({CHAT_EVALS[name].split})")
         if task.eval_type == "categorical":
             r = evaluate.categorical_eval(task, tok, scorer, range(n))
         else:
@@ -69,7 +69,7 @@ def main(argv=None):
                                          max_new_tokens=ec.max_new_tokens, temperature=ec.temperature,
                                          top_k=ec.top_k, batch_size=ec.batch_size, seed=x.seed, workers=x.workers,
                                          timeout=x.timeout, log=print0)
-        r["split"] = evaluate.CHAT_SPLITS[name]
+        r["split"] = CHAT_EVALS[name].split
         results[name] = r
         extra = (f" | pass@1 {r['pass@1']:.4f} | ended {r['ended_rate']:.3f} | tool calls {r['tool_call_rate']:.3f}"
                  if r["type"] == "generative" else "")

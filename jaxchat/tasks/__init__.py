@@ -41,6 +41,9 @@ Deviations from nanochat: nanochat's val mixtures use MMLU/GSM8K *test* items; h
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 from jaxchat.tasks.arc import ARC
 from jaxchat.tasks.arithmetic import Arithmetic
 from jaxchat.tasks.chat import ChatterBot, ChitChat
@@ -92,9 +95,38 @@ REGISTRY = {
     "arc_train": _hub("ARCTrain"),
 }
 
-# chat_eval's tasks (nanochat V1 names) and ChatCORE baselines (random-guess accuracy).
-CHATCORE_BASELINES = {"ARC-Easy": 0.25, "ARC-Challenge": 0.25, "MMLU": 0.25, "GSM8K": 0.0, "HumanEval": 0.0,
-                      "SpellingBee": 0.0}
+@dataclass(frozen=True)
+class ChatEval:
+    """One chat evaluation: how to build its task, what its number is measured on, and its ChatCORE baseline
+    (random-guess accuracy; None = reported but not part of ChatCORE)."""
+
+    make: Callable[[], Task]
+    split: str
+    baseline: float | None
+
+
+# The one registry of chat evaluations (nanochat V1's names), read by evaluate, chat_eval and the report.
+CHAT_EVALS = {
+    "ARC-Easy": ChatEval(lambda: ARC("ARC-Easy", "test"), "AI2 ARC-Easy test split (2,376 questions)", 0.25),
+    "ARC-Challenge": ChatEval(lambda: ARC("ARC-Challenge", "test"), "AI2 ARC-Challenge test split (1,172)", 0.25),
+    "MMLU": ChatEval(lambda: MMLU("test"), "MMLU test split (14,042 questions, 57 subjects)", 0.25),
+    "GSM8K": ChatEval(lambda: GSM8K("test"), "GSM8K test split (1,319 problems)", 0.0),
+    "HumanEval": ChatEval(HumanEval, "all 164 HumanEval problems (there is no train split)", 0.0),
+    "SpellingBee": ChatEval(lambda: SpellingBee("test", size=256), "synthetic spelling test split (256)", 0.0),
+    # the offline stand-in for GSM8K's tool use (the RL stage's held-out split); not part of ChatCORE
+    "Arithmetic": ChatEval(lambda: Arithmetic("test", size=400),
+                           "synthetic calculator arithmetic test split (400; disjoint from train)", None),
+}
+CHATCORE_BASELINES = {k: e.baseline for k, e in CHAT_EVALS.items() if e.baseline is not None}
+
+
+def chat_eval_name(name: str) -> str:
+    """The registry's spelling of a chat evaluation's name ("arc_easy" → "ARC-Easy")."""
+    key = name.lower().replace("-", "_")
+    for canonical in CHAT_EVALS:
+        if canonical.lower().replace("-", "_") == key:
+            return canonical
+    raise KeyError(f"unknown chat evaluation {name!r}; known: {list(CHAT_EVALS)}")
 
 
 def get_task(name: str, **kw) -> Task:
