@@ -1,24 +1,22 @@
-"""Checkpoints with orbax: params, optimizer state, data-iterator state (one file per process) and a JSON meta
-(configs, loop state, metrics) per step, under `<base_dir>/<stage>_checkpoints/<model_tag>/<step>/`.
-
-- Saves are asynchronous (training continues while arrays are written) and keep the last N steps.
-- Orbax writes each step to a temporary directory and renames it when complete, so a half-written step is
-  never listed. A step that is damaged anyway (e.g. a file truncated on a full disk) is reported by name
-  and skipped in favour of the previous one.
-- Restores go into an abstract target built from the *current* mesh and rules table, so a checkpoint saved
-  on 8 devices restores on 1 (and back) with the right shardings.
-- A checkpoint whose model config differs from the one asked for is refused with both configs named.
-"""
+"""Checkpoints with orbax under `<base_dir>/<stage>_checkpoints/<model_tag>/<step>/`: params, optimizer state,
+the data iterator's state (grain, one file per process) and a JSON meta. Saves are asynchronous and keep the last
+N steps; orbax renames a step into place only when it is complete, and a step damaged anyway is named and skipped.
+Restores target the *current* mesh, so a run saved on 8 devices restores on 1 and back. A checkpoint of another
+model shape is refused with both shapes named."""
 from __future__ import annotations
 
 import json
 import logging
-import shutil
 import warnings
 from pathlib import Path
 
+import grain
 import jax
+import orbax.checkpoint as ocp
 
+from jaxchat import config as C
+from jaxchat import model as gpt
+from jaxchat import sharding as shd
 from jaxchat.common import base_dir, print0
 
 STAGE_DIRS = {"base": "base_checkpoints", "mid": "mid_checkpoints", "sft": "chatsft_checkpoints",
@@ -29,11 +27,7 @@ class CheckpointError(RuntimeError):
     pass
 
 
-def _ocp():
-    import orbax.checkpoint as ocp
-
-    logging.getLogger("absl").setLevel(logging.WARNING)
-    return ocp
+logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save at INFO
 
 
 def stage_dir(stage: str, model_tag: str) -> Path:
@@ -50,7 +44,6 @@ class Checkpoints:
     """A directory of steps. `save(step, params=..., opt_state=..., data=..., meta=...)`."""
 
     def __init__(self, directory: str | Path, *, keep: int = 2, async_save: bool = True):
-        ocp = _ocp()
         self.directory = Path(directory).absolute()
         self.directory.mkdir(parents=True, exist_ok=True)
         opts = ocp.CheckpointManagerOptions(max_to_keep=keep if keep > 0 else None, create=True,
@@ -67,9 +60,6 @@ class Checkpoints:
         return s[-1] if s else None
 
     def save(self, step: int, *, params, opt_state=None, data=None, meta: dict | None = None) -> None:
-        ocp = _ocp()
-        import grain
-
         items = {"params": ocp.args.StandardSave(params),
                  "meta": ocp.args.JsonSave(dict(meta or {}, step=int(step)))}
         if opt_state is not None:
@@ -118,9 +108,6 @@ class Checkpoints:
         raise CheckpointError("no usable checkpoint:\n  " + "\n  ".join(errors))
 
     def _restore(self, step, abstract_params, abstract_opt_state, data):
-        ocp = _ocp()
-        import grain
-
         items = {"params": ocp.args.StandardRestore(abstract_params)}
         if abstract_opt_state is not None:
             items["opt_state"] = ocp.args.StandardRestore(abstract_opt_state)
@@ -172,10 +159,6 @@ def find_model_dir(stage: str, model_tag: str | None = None) -> Path:
 
 def load_model(stage: str, model_tag: str | None = None, step: int | None = None, mesh=None):
     """Load a stage's params (sharded on `mesh`) plus its model config and meta: (params, model_cfg, meta)."""
-    from jaxchat import config as C
-    from jaxchat import sharding as shd
-    from jaxchat import model as gpt
-
     d = find_model_dir(stage, model_tag)
     ck = Checkpoints(d, async_save=False)
     step = step if step is not None else ck.latest_step()
@@ -188,9 +171,3 @@ def load_model(stage: str, model_tag: str | None = None, step: int | None = None
     abstract = abstract_like(gpt.param_shapes(model_cfg), shardings)
     items, meta = ck.restore(step, abstract_params=abstract)
     return items["params"], model_cfg, meta
-
-
-def remove_stage(stage: str, model_tag: str) -> None:
-    d = stage_dir(stage, model_tag)
-    if d.exists():
-        shutil.rmtree(d)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -29,17 +30,12 @@ def bucket(n: int, buckets) -> int:
 
 
 def process_index() -> int:
-    """Process id without forcing JAX to initialise when it has not been imported yet."""
-    import sys
-
-    if "jax" in sys.modules:
-        import jax
-
-        try:
-            return jax.process_index()
-        except Exception:  # backend not initialisable (e.g. during interpreter shutdown)
-            return 0
-    return int(os.environ.get("JAX_PROCESS_ID", "0"))
+    """Process id, without importing JAX (that would initialise it before a script sets its XLA flags)."""
+    jax = sys.modules.get("jax")
+    try:
+        return jax.process_index() if jax else int(os.environ.get("JAX_PROCESS_ID", "0"))
+    except Exception:  # backend not initialisable (e.g. during interpreter shutdown)
+        return 0
 
 
 def print0(*args, **kwargs) -> None:
@@ -69,30 +65,12 @@ class JsonlLog:
 
 
 def _json_default(x):
-    try:
-        import numpy as np
-
-        if isinstance(x, np.generic):
-            return x.item()
-        if isinstance(x, np.ndarray):
-            return x.tolist()
-    except ImportError:  # pragma: no cover
-        pass
-    if hasattr(x, "tolist"):
-        return x.tolist()
-    return str(x)
+    return x.tolist() if hasattr(x, "tolist") else str(x)  # numpy / jax scalars and arrays
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     p = Path(path)
-    if not p.exists():
-        return []
-    out = []
-    for line in p.read_text().splitlines():
-        line = line.strip()
-        if line:
-            out.append(json.loads(line))
-    return out
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.exists() else []
 
 
 def report_dir() -> Path:
@@ -117,8 +95,6 @@ def log_section(slug: str, data: dict) -> Path:
 def cli(main) -> None:
     """Run a script's main(): errors a user can fix (bad config, missing data/checkpoint/tokenizer) print one
     clear message and exit with status 2 instead of a traceback."""
-    import sys
-
     try:
         main()
     except Exception as e:

@@ -261,11 +261,6 @@ def load_preset(name: str) -> dict[str, dict]:
     return merged
 
 
-def _type_of(cls: type, name: str):
-    hints = typing.get_type_hints(cls)
-    return hints[name]
-
-
 def _coerce(key: str, value, typ):
     """Convert a TOML or CLI value to the field's type, or raise a ConfigError naming key and type."""
     origin = typing.get_origin(typ)
@@ -276,32 +271,23 @@ def _coerce(key: str, value, typ):
         typ = args[0]
     tname = getattr(typ, "__name__", str(typ))
     try:
-        if typ is bool:
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
-                return True
-            if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
-                return False
+        if isinstance(value, bool) and typ is not bool:
             raise ValueError
-        if typ is int:
-            if isinstance(value, bool):
+        if typ is bool:
+            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                return value.lower() in ("1", "true", "yes", "on")
+            if not isinstance(value, bool):
                 raise ValueError
-            if isinstance(value, float):
-                if value != int(value):
-                    raise ValueError
-                return int(value)
-            if isinstance(value, str):
-                return int(float(value)) if ("e" in value.lower() and float(value).is_integer()) else int(value)
+        elif typ is int:
+            if isinstance(value, str) and "e" in value.lower():  # 1e6
+                value = float(value)
+            if isinstance(value, float) and value != int(value):
+                raise ValueError
             return int(value)
-        if typ is float:
-            if isinstance(value, bool):
-                raise ValueError
+        elif typ is float:
             return float(value)
-        if typ is str:
-            if not isinstance(value, str):
-                raise ValueError
-            return value
+        elif typ is str and not isinstance(value, str):
+            raise ValueError
     except (TypeError, ValueError):
         raise ConfigError(f"--{key}: expected {tname}, got {value!r}") from None
     return value
@@ -314,7 +300,7 @@ def build(cls: type, values: dict, *, where: str = ""):
     for key, value in values.items():
         if key not in valid:
             raise ConfigError(f"{where}unknown key {key!r}; valid keys: {', '.join(sorted(valid))}")
-        kwargs[key] = _coerce(key, value, _type_of(cls, key))
+        kwargs[key] = _coerce(key, value, typing.get_type_hints(cls)[key])
     return cls(**kwargs)
 
 
@@ -396,10 +382,3 @@ def _valid_keys(sections: list[str], extra: dict) -> list[str]:
         keys.update(f.name for f in dataclasses.fields(SECTIONS[s]))
     return sorted(keys)
 
-
-def to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
-
-
-def replace(cfg, **changes):
-    return dataclasses.replace(cfg, **changes)

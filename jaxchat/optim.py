@@ -183,11 +183,3 @@ def _path_names(path) -> tuple:
                 break
     return tuple(out)
 
-
-def current_lrs(opt_state) -> dict:
-    """Best-effort read-back of the Muon momentum from the state (for logging)."""
-    out = {}
-    for leaf in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, optax.InjectHyperparamsState)):
-        if isinstance(leaf, optax.InjectHyperparamsState) and "beta" in leaf.hyperparams:
-            out["muon_momentum"] = leaf.hyperparams["beta"]
-    return out

@@ -62,8 +62,6 @@ class Rules:
 
 RULES = Rules()
 
-# Logical axes of the non-param arrays.
-BATCH_AXES = ("batch", "seq")
 CACHE_LAYER_AXES = ("cache_batch", "cache_heads", "cache_seq", "head_dim")  # each layer's k / v
 
 

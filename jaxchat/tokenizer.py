@@ -1,46 +1,13 @@
-"""The tokenizer: a sentencepiece BPE model with nanochat's special tokens, and chat rendering.
+"""The tokenizer: sentencepiece BPE set up to act byte-level, with nanochat's special tokens and chat rendering.
 
-nanochat trains a GPT-4-style byte-level BPE (rustbpe) and encodes with tiktoken. Neither can be built or
-downloaded offline here, so jaxchat uses sentencepiece BPE configured to behave like a byte-level tokenizer:
-
-* ``byte_fallback=True``: every character that is not a piece is spelled with ``<0xNN>`` byte pieces, so
-  nothing is ever ``<unk>`` and any UTF-8 text round-trips.
-* ``normalization_rule_name="identity"``, ``remove_extra_whitespaces=False``, ``add_dummy_prefix=False``:
-  the text is not touched (no NFKC, no trimming, no leading space), so newlines, tabs, ``\\r\\n`` and
-  indentation runs survive; ``allow_whitespace_only_pieces=True`` lets runs of spaces become single pieces
-  (important for code).
-* Digits never merge with other text (``split_digits=True``). ``digit_group=2`` (nanochat's split pattern
-  ``\\p{N}{1,2}``; the GPU presets) cuts numbers into pairs from the left ("12345" → "12" "34" "5"): the
-  10 digits and 100 pairs "00".."99" are user-defined symbols, which sentencepiece matches longest-first in
-  raw text. ``digit_group=1`` gives every digit its own token (the tiny preset: pairs measured worse there,
-  see the README).
-* The 9 special tokens are sentencepiece CONTROL symbols: they own ids but the encoder never produces them
-  from text, so a user typing "<|assistant_end|>" cannot inject the real token (user-defined symbols would
-  match raw text). sentencepiece's own bos/eos/pad are disabled; its mandatory ``<unk>`` sits at id 0 and
-  is never produced (byte fallback covers everything).
-
-Id layout: 0 ``<unk>``, 1..9 the specials in ``SPECIAL_TOKENS`` order (so ``<|bos|>`` is 1); with
-``digit_group=2`` 10..19 the digits "0".."9" and 20..119 the pairs "00".."99"; then the 256 byte pieces
-``<0x00>``..``<0xFF>`` (10..265 or 120..375), then the learned merges and single characters.
-The vocab size asked for is the total, all of these included.
-
-sentencepiece's space marker: the encoder rewrites " " as U+2581 "▁", so a literal "▁" in the input would
-come back as a space. ``encode`` therefore splits the text on "▁", encodes the pieces, and spells each
-literal "▁" with its three byte pieces (E2 96 81). ``decode`` does not use sentencepiece: each id maps to
-the exact bytes it stands for (a piece with "▁" → spaces, a byte piece → its byte, a special → its literal
-text), the bytes are joined and decoded as UTF-8 (``errors="replace"`` for id lists cut mid-character).
-``token_bytes()`` is the length of those bytes (0 for specials and ``<unk>``), so the sum over the tokens of a
-text equals its UTF-8 length and bits-per-byte is exact.
-
-Training input: sentencepiece trains on "sentences". We feed each document (truncated to ``doc_cap`` chars, as
-nanochat does) as one sentence, newlines included, so pieces such as ``"):\\n"`` can be learned;
-documents longer than ``_MAX_SENTENCE_CHARS`` (only when ``doc_cap`` is None or larger) are cut at newlines
-into chunks. BPE in sentencepiece never merges across a "▁" boundary except into whitespace-only pieces.
-A literal "▁" in training text counts as a space (sentencepiece cannot tell them apart); harmless.
-Training is deterministic: the same text gives the same pieces for any ``num_threads`` (the saved proto
-differs only in the trainer settings it records).
-
-Strings with lone surrogates (not valid Unicode) cannot be encoded: ``encode`` raises ``ValueError``.
+nanochat's rustbpe/tiktoken cannot be built offline, so sentencepiece stands in: byte fallback (no `<unk>`, any
+UTF-8 round-trips), no normalisation (whitespace and newlines survive), digits split (pairs "00".."99" as symbols
+with digit_group=2, as nanochat's `\\p{N}{1,2}`; single digits in the tiny preset), and the 9 specials as CONTROL
+symbols so typed "<|assistant_end|>" text never becomes the real token. Ids: 0 `<unk>`, 1..9 specials (bos = 1),
+then digit pieces, 256 byte pieces, merges. A literal "▁" (sentencepiece's space marker) is spelled in bytes, and
+`decode` maps ids to their exact bytes, so `token_bytes()` sums to the UTF-8 length and bits per byte are exact.
+Each training document (cut to `doc_cap` chars) is one sentence, so pieces may span newlines; training is
+deterministic for any thread count. tokenizer/README.md says more.
 """
 from __future__ import annotations
 
@@ -52,6 +19,9 @@ from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import sentencepiece as spm
+
+from jaxchat.common import base_dir
+from jaxchat.tasks.common import PART_TYPES
 
 SPECIAL_TOKENS = [
     "<|bos|>",
@@ -77,8 +47,6 @@ TOKEN_BYTES_FILENAME = "token_bytes.npy"
 
 
 def default_tokenizer_dir() -> Path:
-    from jaxchat.common import base_dir
-
     return base_dir() / "tokenizer"
 
 
@@ -252,11 +220,8 @@ class Tokenizer:
             path = default_tokenizer_dir() / TOKENIZER_FILENAME
         else:
             p = Path(name_or_dir).expanduser()
-            if not p.is_absolute():  # a name under base_dir() wins over a same-named folder in the cwd
-                from jaxchat.common import base_dir
-
-                if (base_dir() / p).exists():
-                    p = base_dir() / p
+            if not p.is_absolute() and (base_dir() / p).exists():  # base_dir() wins over the cwd
+                p = base_dir() / p
             path = p / TOKENIZER_FILENAME if p.is_dir() else p
         if not path.is_file():
             raise FileNotFoundError(
@@ -319,15 +284,13 @@ class Tokenizer:
             if num_threads is None:
                 return self.sp.encode(texts)
             return self.sp.encode(texts, num_threads=int(num_threads))
-        except (TypeError, RuntimeError, UnicodeError) as e:
-            for t in texts:
+        except (TypeError, RuntimeError, UnicodeError):
+            for t in texts:  # name the culprit
                 if not isinstance(t, str):
                     raise TypeError(f"encode expects str, got {type(t).__name__}") from None
-                try:
-                    t.encode("utf-8")
-                except UnicodeEncodeError as ue:
-                    raise ValueError(f"cannot encode text that is not valid Unicode ({ue.reason})") from None
-            raise e
+                if t.encode("utf-8", "replace").decode("utf-8") != t:
+                    raise ValueError("cannot encode text that is not valid Unicode (lone surrogates)") from None
+            raise
 
     def _encode_many(self, texts: list[str], num_threads: int | None) -> list[list[int]]:
         if not any(SP_SPACE in t for t in texts if isinstance(t, str)):
@@ -490,19 +453,10 @@ def _normalized_turns(messages: list) -> Iterator[tuple[str, object, int]]:
 
 
 def _part(part, mi: int, pi: int) -> tuple[str, str]:
-    if not isinstance(part, Mapping) or part.get("type") not in ("text", "python", "python_output"):
+    if not isinstance(part, Mapping) or part.get("type") not in PART_TYPES:
         raise ValueError(f"message {mi} part {pi}: expected {{'type': 'text'|'python'|'python_output', 'text': str}}")
     text = part.get("text")
     if not isinstance(text, str):
         raise ValueError(f"message {mi} part {pi}: 'text' must be a string")
     return part["type"], text
 
-
-def render_mc(question: str, letters: Sequence[str], choices: Sequence[str]) -> str:
-    """nanochat's multiple-choice prompt. The expected answer is the bare letter (no leading space)."""
-    if len(letters) != len(choices):
-        raise ValueError(f"{len(letters)} letters for {len(choices)} choices")
-    lines = [f"Multiple Choice question: {question}\n"]
-    lines += [f"- {choice}={letter}\n" for letter, choice in zip(letters, choices)]
-    lines.append("\nRespond only with the letter of the correct answer.")
-    return "".join(lines)

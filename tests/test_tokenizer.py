@@ -17,7 +17,8 @@ import types
 import numpy as np
 import pytest
 
-from jaxchat.tokenizer import DIGIT_PIECES, SPECIAL_TOKENS, SP_SPACE, Tokenizer, render_mc, train_tokenizer
+from jaxchat.tasks.common import render_mc
+from jaxchat.tokenizer import DIGIT_PIECES, SPECIAL_TOKENS, SP_SPACE, Tokenizer, train_tokenizer
 
 VOCAB = 1024
 
