@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
+from jax.sharding import PartitionSpec as P
 
 from jaxchat.config import ModelConfig
 from jaxchat.sharding import RULES, constrain, spec_for, tree_shardings
@@ -227,9 +228,9 @@ def block(p: Params, x_BxTxD, cos, sin, cfg: ModelConfig, kv=None, pos_B=None, q
     else:
         q, k, v = h @ p["wq"].astype(dt), h @ p["wk"].astype(dt), h @ p["wv"].astype(dt)
     # the projections are what remat "minimal" keeps (rotary and the norms are cheap to redo)
-    q = _name(constrain(q.reshape(B, T, H, Dh), heads), "q")
-    k = _name(constrain(k.reshape(B, T, K, Dh), heads), "k")
-    v = _name(constrain(v.reshape(B, T, K, Dh), heads), "v")
+    q = checkpoint_name(constrain(q.reshape(B, T, H, Dh), heads), "q")
+    k = checkpoint_name(constrain(k.reshape(B, T, K, Dh), heads), "k")
+    v = checkpoint_name(constrain(v.reshape(B, T, K, Dh), heads), "v")
     q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
     q, k = rms_norm(q), rms_norm(k)
     if kv is None or fresh:
@@ -243,10 +244,10 @@ def block(p: Params, x_BxTxD, cos, sin, cfg: ModelConfig, kv=None, pos_B=None, q
             S = kc.shape[2]
             o = attend(S)() if window_idx is None else jax.lax.switch(window_idx, list(map(attend, decode_windows(S))))
         kv = (kc, vc)
-    o = _name(o.reshape(B, T, H * Dh), "attn_out")
+    o = checkpoint_name(o.reshape(B, T, H * Dh), "attn_out")
     x_BxTxD = constrain(x_BxTxD + o @ p["wo"].astype(dt), ACT)
     h = rms_norm(x_BxTxD)
-    u = _name(constrain(h @ p["w_fc"].astype(dt), ("batch", "seq", "act_mlp")), "mlp_in")
+    u = checkpoint_name(constrain(h @ p["w_fc"].astype(dt), ("batch", "seq", "act_mlp")), "mlp_in")
     u = jnp.square(jax.nn.relu(u))
     x_BxTxD = constrain(x_BxTxD + u @ p["w_proj"].astype(dt), ACT)
     return x_BxTxD, kv
@@ -302,8 +303,6 @@ def fsdp_layer(body, layer_axes: dict, cfg: ModelConfig):
     nanodo and nanochat do it): each device gathers the layer's weights in the compute dtype, runs its own
     rows, and sends its float32 weight gradients back as one reduce-scatter per layer. Left to the SPMD
     partitioner, XLA all-reduced each layer's whole gradient and sliced it (the `tensor` axis stays automatic)."""
-    from jax.sharding import PartitionSpec as P
-
     mesh = jax.sharding.get_abstract_mesh()
     batch = RULES["batch"]
     axes = tuple(a for a in ((batch,) if isinstance(batch, str) else batch) if mesh.shape[a] > 1)
@@ -351,10 +350,6 @@ def _gather_bwd(dtype, spec, _, g):
 
 
 _gather.defvjp(_gather_fwd, _gather_bwd)
-
-
-def _name(x, name):
-    return checkpoint_name(x, name)
 
 
 def _remat_policy(cfg: ModelConfig):
@@ -455,8 +450,6 @@ def token_nll(params: Params, tokens_BxT, targets_BxT, cfg: ModelConfig):
     # rows, and its gradient leaves as one reduce-scatter after all chunks. Left to the partitioner, the
     # head's gradient was all-reduced whole once per chunk (and the chunks of flattened tokens made every
     # chunk's logits whole on every device).
-    from jax.sharding import PartitionSpec as P
-
     w_spec = spec_for(("embed", "vocab"), params["lm_head"].shape, mesh)
     t_spec = spec_for(BATCH, targets_BxT.shape, mesh)
     local = partial(_local_nll, cfg=cfg, gather_axis=w_spec[0], vocab_axis=w_spec[1])
@@ -504,8 +497,7 @@ def _local_nll(h_BxTxD, t_BxT, w_DxV, cfg: ModelConfig, gather_axis=None, vocab_
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None):
     """An empty KV cache pytree: {"k", "v": one zeros [B, K, S, Dh] array per layer, "pos": zeros [B] int32}.
 
-    Two choices differ from the issue's sketch of one stacked [L, B, S, K, Dh] array, both for decode speed
-    (measured on CPU; the same copies happen on GPU): heads come before positions, so attention reads each
+    Not one stacked [L, B, S, K, Dh] array, for decode speed: heads come before positions, so attention reads each
     head's keys as one contiguous [S, Dh] matrix (positions-major made XLA copy the whole cache into this
     order for every layer at every step: 9x slower decode attention); and layers are separate arrays, because
     slicing one layer out of a stacked cache is another full copy per layer per step."""

@@ -58,7 +58,7 @@ def test_collective_bytes_are_fsdps(fsdp8):
 def test_tensor_mesh_keeps_logits_and_gradients_sharded():
     """fsdp 4 × tensor 2: the head's logits stay sharded on the vocabulary (no all-reduce of batch × vocab),
     and across the FSDP axis only gathers, scatters and scalars move (the tensor axis may all-reduce
-    activations; the embedding's gradient is still all-reduced over the tensor pair, see the GPU issue)."""
+    activations; the embedding's gradient is still all-reduced over the tensor pair: dev/LOG.md)."""
     cfg, mesh, hlo = compile_step(mesh=C.MeshConfig(fsdp=4, tensor=2))
     V, fsdp = cfg.model.vocab_size, mesh.shape["fsdp"]
     rows = cfg.base.device_batch_size * 2  # a device's rows: the batch is split over fsdp only
