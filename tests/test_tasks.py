@@ -12,11 +12,47 @@ import types
 
 import pytest
 
+from jaxchat import sandbox
 from jaxchat import tasks as T
-from jaxchat.tasks import common, gsm8k, hub
-from jaxchat.tasks.common import normalize_text, question_text, validate_conversation
+from jaxchat.tasks import common, gsm8k
+from jaxchat.tasks.common import PART_TYPES, normalize_text
 
 N_SAMPLE = 40  # conversations sampled per task for the well-formedness check
+
+
+def question_text(conversation: dict) -> str:
+    """Text of the first user message (what leakage checks compare)."""
+    c = next(m["content"] for m in conversation["messages"] if m["role"] == "user")
+    return c if isinstance(c, str) else "".join(p["text"] for p in c if p["type"] == "text")
+
+
+def validate_conversation(conv: dict) -> None:
+    """AssertionError unless `conv` is well formed: optional leading system message, then user/assistant strictly
+    alternating, starting with user and ending with assistant; contents are non-empty strings or part lists (parts
+    only in assistant messages); multiple-choice conversations have a gold letter among `letters`."""
+    msgs = conv["messages"]
+    assert isinstance(msgs, list) and msgs, "no messages"
+    if msgs[0]["role"] == "system":
+        assert isinstance(msgs[0]["content"], str)
+        msgs = msgs[1:]
+    assert len(msgs) >= 2 and len(msgs) % 2 == 0, f"odd or short conversation: {len(msgs)} messages"
+    for i, m in enumerate(msgs):
+        want = "user" if i % 2 == 0 else "assistant"
+        assert m["role"] == want, f"message {i}: role {m['role']!r}, expected {want!r}"
+        c = m["content"]
+        if isinstance(c, str):
+            assert c.strip(), f"message {i}: empty content"
+        else:
+            assert want == "assistant", "part lists only in assistant messages"
+            assert isinstance(c, list) and c, f"message {i}: bad content"
+            for p in c:
+                assert p["type"] in PART_TYPES and isinstance(p["text"], str), p
+    if "letters" in conv:
+        letters = conv["letters"]
+        assert len(set(letters)) == len(letters)
+        assert msgs[-1]["content"] in letters, (msgs[-1]["content"], letters)
+        for letter in letters:
+            assert f"={letter}\n" in msgs[0]["content"], (letter, msgs[0]["content"])
 
 
 def sample(task, n=N_SAMPLE, seed=0):
@@ -32,12 +68,12 @@ def sample(task, n=N_SAMPLE, seed=0):
 @pytest.mark.parametrize(
     "make,n",
     [
-        (lambda: T.ARC("ARC-Easy", "validation", decontaminate=False), 570),
+        (lambda: T.ARC("ARC-Easy", "validation"), 570),
         (lambda: T.ARC("ARC-Easy", "test"), 2376),
-        (lambda: T.ARC("ARC-Challenge", "validation", decontaminate=False), 299),
+        (lambda: T.ARC("ARC-Challenge", "validation"), 299),
         (lambda: T.ARC("ARC-Challenge", "test"), 1172),
-        (lambda: T.MMLU("dev", decontaminate=False), 285),
-        (lambda: T.MMLU("validation", decontaminate=False), 1531),
+        (lambda: T.MMLU("dev"), 285),
+        (lambda: T.MMLU("validation"), 1531),
         (lambda: T.MMLU("test"), 14042),
         (lambda: T.GSM8K("test"), 1319),
         (lambda: T.HumanEval(), 164),
@@ -49,16 +85,17 @@ def test_benchmark_counts(make, n):
 
 def test_decontaminated_and_chat_counts():
     # training-side splits minus questions that also occur in an eval set
-    assert len(T.ARC("ARC-Easy", "validation")) == 570
-    assert len(T.ARC("ARC-Challenge", "validation")) == 297
-    assert len(T.MMLU("dev")) == 279
-    assert len(T.MMLU("validation")) == 1492
+    ex = T.eval_questions()
+    assert len(T.ARC("ARC-Easy", "validation", exclude=ex)) == 570
+    assert len(T.ARC("ARC-Challenge", "validation", exclude=ex)) == 297
+    assert len(T.MMLU("dev", exclude=ex)) == 279
+    assert len(T.MMLU("validation", exclude=ex)) == 1492
     from jaxchat.tasks.chat import load_chatterbot, load_chitchat
 
     assert len(load_chatterbot()) == 2025  # 2,026 English entries, one bare string without an answer
     assert len(load_chitchat()) == 4017  # 7,168 chats minus 3,150 single-turn ones and 1 with an empty turn
-    assert (len(T.ChitChat("train")), len(T.ChitChat("val"))) == (3928, 89)
-    assert (len(T.ChatterBot("train")), len(T.ChatterBot("val"))) == (2004, 18)
+    assert [len(T.ChitChat(s, exclude=ex)) for s in ("train", "val")] == [3928, 89]
+    assert [len(T.ChatterBot(s, exclude=ex)) for s in ("train", "val")] == [2004, 18]
     assert len(T.MMLU("test", subset="anatomy")) == 135
     assert len(T.mmlu.subjects()) == 57
 
@@ -139,13 +176,19 @@ def test_validate_conversation_rejects_bad():
 # GSM8K conversion and answer extraction
 
 
+def parts_to_answer(parts: list[dict]) -> str:
+    """Inverse of `gsm8k.answer_parts` (re-inserts the `<<expr=result>>` annotations)."""
+    wrap = {"python": "<<{}=", "python_output": "{}>>", "text": "{}"}
+    return "".join(wrap[p["type"]].format(p["text"]) for p in parts)
+
+
 def test_gsm8k_parts_reproduce_answer():
     task = T.GSM8K()
     n_calls = 0
     for i, row in enumerate(task.rows):
         conv = task[i]
         parts = conv["messages"][1]["content"]
-        assert gsm8k.parts_to_answer(parts) == row["answer"]
+        assert parts_to_answer(parts) == row["answer"]
         exprs = [m.rsplit("=", 1)[0] for m in re.findall(r"<<([^<>]*)>>", row["answer"])]
         assert [p["text"] for p in parts if p["type"] == "python"] == exprs
         outs = [m.rsplit("=", 1)[1] for m in re.findall(r"<<([^<>]*)>>", row["answer"])]
@@ -191,40 +234,40 @@ def test_gsm8k_example_conversion():
     ],
 )
 def test_extract_answer(text, want):
-    assert gsm8k.extract_answer(text) == want
+    assert common.extract_answer(text) == want
 
 
 def test_numbers_equal():
-    assert gsm8k.numbers_equal("12.0", "12")
-    assert gsm8k.numbers_equal("-0", "0")
-    assert not gsm8k.numbers_equal("12", "13")
-    assert not gsm8k.numbers_equal(None, "1")
+    assert common.numbers_equal("12.0", "12")
+    assert common.numbers_equal("-0", "0")
+    assert not common.numbers_equal("12", "13")
+    assert not common.numbers_equal(None, "1")
     conv = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "#### 1,200"}]}
-    assert gsm8k.evaluate_hash_answer(conv, "#### 1200.00")
-    assert not gsm8k.evaluate_hash_answer(conv, "1200")  # no ####
+    assert common.evaluate_hash_answer(conv, "#### 1200.00")
+    assert not common.evaluate_hash_answer(conv, "1200")  # no ####
 
 
 # ------------------------------------------------------------------------------------------------------------
-# HumanEval (execution itself is tested in test_execution.py)
+# HumanEval (the sandbox itself is tested in test_sandbox.py)
 
 
-def test_humaneval_evaluate_uses_execution(monkeypatch):
+def test_humaneval_evaluate_uses_its_checker():
     calls = []
 
-    def fake_check(problem, completion, timeout=None):
+    def fake_check(problem, completion):
         calls.append((problem["task_id"], completion))
         return types.SimpleNamespace(ok=completion == "good")
 
-    fake = types.ModuleType("jaxchat.execution")
-    fake.check_humaneval = fake_check
-    monkeypatch.setitem(sys.modules, "jaxchat.execution", fake)
-    task = T.HumanEval()
+    task = T.humaneval.HumanEval(check=fake_check)
     conv = task[0]
     assert conv["messages"][0]["content"] == conv["problem"]["prompt"]
     assert conv["messages"][1]["content"].startswith(conv["problem"]["prompt"])
     assert task.evaluate(conv, "good") and not task.evaluate(conv, "bad")
     assert task.reward(conv, "good") == 1.0
     assert calls[0] == ("HumanEval/0", "good")
+    assert T.HumanEval().check is sandbox.check_humaneval  # the package's HumanEval runs the sandbox
+    with pytest.raises(ValueError, match="checker"):
+        T.humaneval.HumanEval().evaluate(conv, "good")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -232,7 +275,7 @@ def test_humaneval_evaluate_uses_execution(monkeypatch):
 
 
 def test_chat_corpora_mapping():
-    conv = T.ChitChat("train")[0]
+    conv = T.ChitChat("train", exclude=T.eval_questions())[0]
     assert conv["messages"][0]["content"] == "Hello\nHow are you doing today?"  # a turn's messages joined
     assert conv["messages"][-1]["role"] == "assistant"
     train_ids = {r[0] for r in T.ChitChat("train").rows}
@@ -288,7 +331,7 @@ def test_arithmetic_correct():
         assert parts[3]["text"].endswith(f"#### {value}")
         assert parts[0]["text"].endswith("\n") and parts[3]["text"].startswith("\n")
         assert all(1 <= len(n) <= 4 for n in re.findall(r"\d+", expr))
-        assert task.evaluate(conv, common.content_text(parts))
+        assert task.evaluate(conv, "".join(p["text"] for p in parts))
         assert not task.evaluate(conv, f"#### {value + 1}")
         shapes.add(re.sub(r"\d+", "n", conv["messages"][0]["content"]))
         exprs.append(expr)
@@ -326,7 +369,7 @@ def test_spelling_bee_correct():
         assert parts[3]["text"].endswith(f"#### {word.count(letter)}")
         user = conv["messages"][0]["content"]
         assert word in user and letter in user
-        assert task.evaluate(conv, common.content_text(parts))
+        assert task.evaluate(conv, "".join(p["text"] for p in parts))
         in_word += letter in word
     assert 0.8 < in_word / len(task) < 0.99  # letter from the word with p=0.9
 
@@ -363,7 +406,7 @@ def _tag(c):
 
 
 def test_slicing():
-    t = T.ListTask(_toy(10, "x").conversations, start=2, stop=9, step=3)
+    t = T.ListTask(_toy(10, "x").rows, start=2, stop=9, step=3)
     assert len(t) == 3 and [_tag(c) for c in t] == ["x2", "x5", "x8"]
     assert _tag(t[-1]) == "x8" and _tag(t[-3]) == "x2"
     with pytest.raises(IndexError):
@@ -372,18 +415,11 @@ def test_slicing():
         t[-4]
     with pytest.raises(TypeError):
         t["0"]
-    assert len(T.ListTask(_toy(5, "x").conversations, stop=100)) == 5  # stop is clamped
-    assert len(T.ListTask(_toy(5, "x").conversations, start=7)) == 0
+    assert len(T.ListTask(_toy(5, "x").rows, stop=100)) == 5  # stop is clamped
+    assert len(T.ListTask(_toy(5, "x").rows, start=7)) == 0
     with pytest.raises(ValueError):
         T.ListTask([], step=0)
     assert len(T.MMLU("test", start=100, stop=200)) == 100
-
-
-def test_sequence():
-    seq = T.TaskSequence([_toy(3, "a"), _toy(0, "z"), _toy(2, "b")])
-    assert len(seq) == 5 and [_tag(c) for c in seq] == ["a0", "a1", "a2", "b0", "b1"]
-    assert _tag(seq[-1]) == "b1"
-    assert [_tag(c) for c in T.TaskSequence([_toy(3, "a"), _toy(2, "b")], start=1, step=2)] == ["a1", "b0"]
 
 
 def test_mixture():
@@ -426,21 +462,21 @@ def test_arithmetic_repeat_keeps_mid_and_sft_problems_apart():
         T.mid_train_mixture("train", arithmetic_repeat=T.SFT_ARITHMETIC_START // n_mid + 1)
 
 
-def test_registry():
-    assert len(T.get_task("ARC-Easy")) == 2376
-    assert len(T.get_task("arc_challenge")) == 1172
-    assert T.get_task("MMLU").split == "test"
-    assert len(T.get_task("SpellingBee")) == 256 and T.get_task("SpellingBee").split == "test"
-    assert T.get_task("arithmetic", split="val", size=7).split == "val"
+def test_chat_evals_and_rl_tasks():
+    sizes = {"ARC-Easy": 2376, "ARC-Challenge": 1172, "MMLU": 14042, "GSM8K": 1319, "HumanEval": 164,
+             "SpellingBee": 256, "Arithmetic": 400}
+    assert {k: len(e.make()) for k, e in T.CHAT_EVALS.items()} == sizes
+    assert all(e.make().split == "test" for e in T.CHAT_EVALS.values())
+    assert set(T.CHATCORE_BASELINES) == set(sizes) - {"Arithmetic"}
+    assert T.chat_eval_name("arc_easy") == "ARC-Easy" and T.chat_eval_name("spellingbee") == "SpellingBee"
     with pytest.raises(KeyError):
-        T.get_task("nope")
-    assert set(T.eval_tasks()) == set(T.CHATCORE_BASELINES)
+        T.chat_eval_name("nope")
     train, ev = T.rl_tasks(online=False)
     assert train.split == "train" and ev.split == "test" and ev.eval_type == "generative"
 
 
 def test_no_jax_import():
-    code = "import sys, jaxchat.tasks, jaxchat.tasks.hub; assert 'jax' not in sys.modules, 'jax imported'"
+    code = "import sys, jaxchat.tasks; assert 'jax' not in sys.modules, 'jax imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -528,25 +564,28 @@ def fake_hub(tmp_path, monkeypatch):
         pq.write_table(tables[f"{config_dir}/{split}"], path)
         return [path]
 
-    monkeypatch.setattr(hub, "download_parquet", fake_download)
-    hub.load_table.cache_clear()
+    monkeypatch.setattr(common, "download_parquet", fake_download)
+    caches = (common.hub_table, T.arc.load_arc, T.mmlu.load_mmlu, gsm8k.load_gsm8k)
+    for f in caches:
+        f.cache_clear()
     yield seen
-    hub.load_table.cache_clear()
+    for f in caches:
+        f.cache_clear()
 
 
 def test_hub_adapters(fake_hub):
-    st = hub.SmolTalk("train")
+    st = T.SmolTalk("train")
     convs = sorted((st[i] for i in range(len(st))), key=lambda c: len(c["messages"]))
     assert convs[0]["messages"][0] == {"role": "system", "content": "Be brief."}
     assert [m["role"] for m in convs[1]["messages"]] == ["user", "assistant", "user", "assistant"]
-    aux = hub.MMLUAuxTrain()[0]
+    aux = T.MMLU("auxiliary_train")[0]
     assert aux["messages"][1]["content"] == "B" and aux["letters"] == ["A", "B", "C", "D"]
-    g = hub.GSM8KTrain()
+    g = T.GSM8K("train")
     conv = g[0]
     assert conv["answer"] == "6" and [p["type"] for p in conv["messages"][1]["content"]] == [
         "text", "python", "python_output", "text"]
     assert g.evaluate(conv, "#### 6")
-    arc = hub.ARCTrain("ARC-Easy")[0]
+    arc = T.ARC("ARC-Easy", "train")[0]
     assert arc["letters"] == ["A", "B", "C"] and arc["messages"][1]["content"] == "B"
     for c in convs + [aux, conv, arc]:
         validate_conversation(c)
@@ -555,14 +594,14 @@ def test_hub_adapters(fake_hub):
 def test_hub_missing_extra_and_offline(monkeypatch):
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # import fails as if not installed
     with pytest.raises(ImportError, match=r"pip install -e '\.\[hub\]'"):
-        hub.download_parquet("openai/gsm8k", "main", "train")
+        common.download_parquet("openai/gsm8k", "main", "train")
 
     def offline(*a, **k):
         raise OSError("network is unreachable")
 
     monkeypatch.setitem(sys.modules, "huggingface_hub", types.SimpleNamespace(snapshot_download=offline))
     with pytest.raises(RuntimeError, match="online=False"):
-        hub.download_parquet("openai/gsm8k", "main", "train")
+        common.download_parquet("openai/gsm8k", "main", "train")
     with pytest.raises(RuntimeError, match="could not download"):
         T.mid_train_mixture("train", online=True)
 
@@ -580,15 +619,13 @@ def test_online_mixtures_build(fake_hub):
     for i in range(0, len(sft), 97):
         validate_conversation(sft[i])
     train, ev = T.rl_tasks(online=True)
-    assert isinstance(train, hub.GSM8KTrain) and isinstance(ev, T.GSM8K)
+    assert isinstance(train, T.GSM8K) and (train.split, ev.split) == ("train", "test")
 
 
 def test_tool_outputs_match_the_calculator():
     """The python_output parts of the synthetic tasks are exactly what the engine's calculator tool prints."""
-    execution = pytest.importorskip("jaxchat.execution")
-    calculator = getattr(execution, "calculator", None)
-    if calculator is None:
-        pytest.skip("jaxchat.execution.calculator not available")
+    from jaxchat.calculator import calculator
+
     for task in (T.Arithmetic("train", size=300), T.Arithmetic("test", size=100), T.SpellingBee("train", size=100)):
         for conv in task:
             parts = conv["messages"][1]["content"]

@@ -1,28 +1,15 @@
-"""Synthetic arithmetic solved with the calculator tool (offline stand-in for GSM8K's tool use).
+"""Synthetic arithmetic solved with the calculator tool (the offline stand-in for GSM8K's tool use).
 
-Each item: the user asks a bare expression ("What is 37 * 48?") or a one/two-step word problem (apples in
-boxes, money, distance/speed/time, sharing equally). Operands have 1-4 digits; ops + - * /; division only
-when exact; every answer is an integer (negative only for bare subtractions). The assistant message is
-deliberately rigid so a tiny model can learn it quickly:
-
-    text    "Let me calculate 37 * 48 with the calculator.\\n"      (a few wordings)
-    python  "37*48"
-    output  "1776"
-    text    "\\n37 * 48 = 1776.\\n#### 1776"
-
-Division is written `//` in the python part so the tool prints an integer ("12", not "12.0"); the text
-keeps "/". The conversation carries the gold answer under "answer" (a str of the integer).
-
-Splits: the python expression is the partition key (`common.split_of`), so one computation belongs to one
-split only, whatever the wording; item i of a split is drawn from `random.Random(seed + offset(split) + i)`
-(rejection-sampling candidates until the key falls in the split), so any slice or shard is reproducible.
+The user asks a bare expression ("What is 37 * 48?") or a one/two-step word problem; operands have 1-4 digits,
+divisions are exact and answers are integers. The reply is deliberately rigid so a tiny model learns it fast:
+"Let me calculate 37 * 48 with the calculator.\n", python "37*48" (`//` for "/", so the tool prints an
+integer), output "1776", "\n37 * 48 = 1776.\n#### 1776". The python expression is the split key (`split_of`).
 """
 from __future__ import annotations
 
 import random
 
-from jaxchat.tasks.common import SEED_OFFSETS, Task, check_split, split_of
-from jaxchat.tasks.gsm8k import evaluate_hash_answer
+from jaxchat.tasks.common import SyntheticTask, split_of
 
 NAMES = ["Tom", "Anna", "Ben", "Maria", "Sam", "Lena", "Omar", "Julia", "Ken", "Priya", "Leo", "Sara", "Max",
          "Nina", "Ivan", "Emma", "Raj", "Zoe", "Carlos", "Mia"]
@@ -66,12 +53,8 @@ def _bare(rng):
 def _bare_two_step(rng):
     a, b, c = _num(rng, 3), _num(rng, 2), _num(rng, 2)
     form = rng.randrange(4)
-    if form == 0:
-        disp = f"{a} + {b} * {c}"
-    elif form == 1:
-        disp = f"({a} + {b}) * {c}"
-    elif form == 2:
-        disp = f"{a} * {c} - {b}"
+    if form < 3:
+        disp = (f"{a} + {b} * {c}", f"({a} + {b}) * {c}", f"{a} * {c} - {b}")[form]
     else:
         c = rng.randint(2, 9)
         total = c * rng.randint(2, 9999 // c)
@@ -84,20 +67,15 @@ def _word(rng):
     n, it, g = rng.choice(NAMES), rng.choice(ITEMS), rng.choice(GOODS)
     a, b = max(_num(rng, 3), 2), max(_num(rng, 2), 2)  # counts >= 2 keep plurals grammatical
     kind = rng.randrange(12)
-    if kind == 0:
-        return f"{n} has {a} boxes with {b} {it} in each box. How many {it} does {n} have?", f"{a} * {b}"
-    if kind == 1:
-        return f"{n} had {a} {it} and got {b} more. How many {it} does {n} have now?", f"{a} + {b}"
-    if kind == 2:
+    if kind in (2, 4):
         a, b = max(a, b), min(a, b)
-        return f"{n} had {a} {it} and gave {b} of them away. How many {it} are left?", f"{a} - {b}"
-    if kind == 3:
-        return f"One {g} costs ${a}. How much do {b} of them cost in dollars?", f"{a} * {b}"
-    if kind == 4:
-        a, b = max(a, b), min(a, b)
-        return f"{n} has ${a} and spends ${b}. How many dollars does {n} have left?", f"{a} - {b}"
-    if kind == 5:
-        return f"A car drives at {b} km per hour for {a} hours. How many km does it travel?", f"{b} * {a}"
+    if kind < 6:
+        return [(f"{n} has {a} boxes with {b} {it} in each box. How many {it} does {n} have?", f"{a} * {b}"),
+                (f"{n} had {a} {it} and got {b} more. How many {it} does {n} have now?", f"{a} + {b}"),
+                (f"{n} had {a} {it} and gave {b} of them away. How many {it} are left?", f"{a} - {b}"),
+                (f"One {g} costs ${a}. How much do {b} of them cost in dollars?", f"{a} * {b}"),
+                (f"{n} has ${a} and spends ${b}. How many dollars does {n} have left?", f"{a} - {b}"),
+                (f"A car drives at {b} km per hour for {a} hours. How many km does it travel?", f"{b} * {a}")][kind]
     if kind in (6, 7):
         a = rng.randint(1, 9999 // b)  # a * b stays within 4 digits
     if kind == 6:
@@ -134,33 +112,20 @@ def solve(disp: str) -> int:
 
 def arithmetic_conversation(question: str, disp: str, rng: random.Random) -> dict:
     answer = str(solve(disp))
-    parts = [
-        {"type": "text", "text": rng.choice(INTROS).format(d=disp)},
-        {"type": "python", "text": _py(disp)},
-        {"type": "python_output", "text": answer},
-        {"type": "text", "text": f"\n{disp} = {answer}.\n#### {answer}"},
-    ]
-    return {
-        "messages": [{"role": "user", "content": question}, {"role": "assistant", "content": parts}],
-        "answer": answer,
-        "expression": _py(disp),
-    }
+    parts = [{"type": "text", "text": rng.choice(INTROS).format(d=disp)}, {"type": "python", "text": _py(disp)},
+             {"type": "python_output", "text": answer},
+             {"type": "text", "text": f"\n{disp} = {answer}.\n#### {answer}"}]
+    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": parts}],
+            "answer": answer, "expression": _py(disp)}
 
 
-class Arithmetic(Task):
-    """Calculator-tool arithmetic. split: train | val | test (disjoint by expression); `size` items."""
+class Arithmetic(SyntheticTask):
+    """Calculator-tool arithmetic; splits are disjoint by expression (candidates are drawn until one falls in
+    the split)."""
 
     eval_type = "generative"
 
-    def __init__(self, split: str = "train", size: int = 10_000, seed: int = 0, **kw):
-        super().__init__(split=check_split(split), **kw)
-        self.size, self.seed = size, seed
-
-    def num_examples(self):
-        return self.size
-
-    def get_example(self, index):
-        rng = random.Random(self.seed + SEED_OFFSETS[self.split] + index)
+    def generate(self, rng):
         for _ in range(1000):
             r = rng.random()
             gen = _bare if r < 0.4 else _bare_two_step if r < 0.5 else _word
@@ -168,9 +133,3 @@ class Arithmetic(Task):
             if (gen is _bare or solve(disp) >= 0) and split_of(_py(disp)) == self.split:
                 return arithmetic_conversation(question, disp, rng)
         raise RuntimeError("no arithmetic problem found for this split")  # pragma: no cover
-
-    def evaluate(self, conversation, completion):
-        return evaluate_hash_answer(conversation, completion)
-
-    def _args(self):
-        return f"split={self.split!r}, size={self.size}"
