@@ -8,7 +8,7 @@ import pytest
 PKG = Path(__file__).resolve().parents[1] / "jaxchat"
 LAYERS = (
     ("config", "common"),
-    ("model", "sharding", "optim", "tokenizer", "tasks", "calculator", "sandbox"),
+    ("model", "sharding", "optim", "tokenizer", "tasks", "calculator", "sandbox", "_sandbox_child"),
     ("data", "corpus", "train", "engine", "evaluate", "core_tasks", "checkpoint"),
     ("stage", "report", "web", "interop", "compiled"),
 )

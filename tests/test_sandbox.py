@@ -1,4 +1,4 @@
-"""Sandbox (run_code / HumanEval) and calculator tests.
+"""Sandbox (run_code / HumanEval) tests.
 
 Every hostile snippet must end with the right status, leave no process behind and leave the test process
 working. Snippets run twice where it matters: with the Python-level guards (the default) and without them
@@ -12,22 +12,20 @@ import socket
 import tempfile
 import time
 import types
+from concurrent.futures import ThreadPoolExecutor
 
 import psutil
 import pytest
 
-import jaxchat.execution as ex
-from jaxchat.execution import (
-    ExecResult,
-    calculator,
-    check_calculator_expr,
-    check_humaneval,
-    check_humaneval_batch,
-    humaneval_program,
-    run_code,
-)
+import jaxchat.sandbox as sb
+from jaxchat.sandbox import ExecResult, check_humaneval, humaneval_program, run_code
 
 IS_ROOT = os.geteuid() == 0
+
+
+def check_humaneval_batch(pairs, workers=2, **kwargs):
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(lambda pc: check_humaneval(*pc, **kwargs), pairs))
 
 
 @pytest.fixture
@@ -40,13 +38,13 @@ def track(monkeypatch):
         rec.dirs.append(d)
         return d
 
-    class Slot(ex._UidSlot):
-        def __init__(self):
-            super().__init__()
-            rec.uids.append(self.uid)
+    def claim_uid(claim=sb._claim_uid):
+        uid, lock = claim()
+        rec.uids.append(uid)
+        return uid, lock
 
-    monkeypatch.setattr(ex, "tempfile", types.SimpleNamespace(mkdtemp=mkdtemp, gettempdir=tempfile.gettempdir))
-    monkeypatch.setattr(ex, "_UidSlot", Slot)
+    monkeypatch.setattr(sb, "tempfile", types.SimpleNamespace(mkdtemp=mkdtemp, gettempdir=tempfile.gettempdir))
+    monkeypatch.setattr(sb, "_claim_uid", claim_uid)
     return rec
 
 
@@ -60,7 +58,7 @@ def leftovers(rec) -> list[str]:
         if any(d in cmd for d in rec.dirs) and info["status"] != psutil.STATUS_ZOMBIE:
             out.append(f"{info['pid']} {info['status']} {cmd[:80]}")
         elif (info["status"] == psutil.STATUS_ZOMBIE and info["uids"] and info["ppid"] == 1
-              and info["uids"].real in set(rec.uids) - {ex._NOBODY}):
+              and info["uids"].real in set(rec.uids) - {sb._NOBODY}):
             out.append(f"{info['pid']} zombie uid={info['uids'].real}")
     return out
 
@@ -79,25 +77,19 @@ def assert_clean(rec):
 def layers() -> dict:
     """Which kernel layers this machine gives the sandbox (probed once)."""
     if not hasattr(layers, "cache"):
-        code = ("import os\nprint(os.readlink('/proc/self/ns/net'), os.readlink('/proc/self/ns/mnt'), os.getcwd(),"
-                " os.getpid())")
-        r = run_code(code, timeout=10)
+        r = run_code("import os\nprint(os.readlink('/proc/self/ns/net'), os.getpid())", timeout=10)
         assert r.ok, r
-        net, mnt, cwd, pid = r.stdout.split()
-        layers.cache = {
-            "netns": net != os.readlink("/proc/self/ns/net"),
-            "mountns": mnt != os.readlink("/proc/self/ns/mnt") and cwd == "/tmp",
-            "pidns": pid == "1",
-        }
+        net, pid = r.stdout.split()
+        layers.cache = {"netns": net != os.readlink("/proc/self/ns/net"), "pidns": pid == "1"}
         print("sandbox kernel layers:", layers.cache)
     return layers.cache
 
 
 # ------------------------------------------------------------------------------------------------ basics
 def test_ok_with_stdout(track):
-    r = run_code("import math\nprint('hello', math.factorial(5))\nprint(sum(range(10)))")
+    r = run_code("import math, fractions\nprint('hello', math.factorial(5))\nprint(fractions.Fraction(2, 4))")
     assert r.status == "ok" and r.ok and r.returncode == 0, r
-    assert r.stdout == "hello 120\n45\n" and r.error == ""
+    assert r.stdout == "hello 120\n1/2\n" and r.error == ""  # the whole stdlib is importable after the uid drop
     assert isinstance(r, ExecResult) and r.duration_s > 0
     assert_clean(track)
 
@@ -221,13 +213,15 @@ def test_network_blocked(track, listener, guards):
                  python_guards=guards)
     assert r.status == "error", r
     assert_no_connection(listener)
+    r = run_code("import socket, email.utils\nprint(socket.AF_INET.name)", python_guards=guards)
+    assert r.ok and r.stdout == "AF_INET\n", r  # the module still imports; only creating a socket is refused
     assert_clean(track)
 
 
 @pytest.mark.parametrize("guards", [True, False])
 def test_no_writes_outside_sandbox(track, tmp_path, guards):
     if not guards and not IS_ROOT:
-        pytest.skip("without root there is no uid change or read-only mount: only the Python guards apply")
+        pytest.skip("without root there is no uid change: only the Python guards apply")
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     targets = [str(tmp_path / "pwned.txt"), "/etc/jaxchat_sandbox_pwned", os.path.join(repo, "jaxchat_pwned.txt")]
     for target in targets:
@@ -311,68 +305,3 @@ def test_humaneval_infinite_loop_times_out(problems):
     assert time.monotonic() - t0 < 1.5 + 4.0
     r = check_humaneval(problems[2], problems[2]["prompt"] + problems[2]["canonical_solution"])
     assert r.ok, r
-
-
-# ---------------------------------------------------------------------------------------------- calculator
-@pytest.mark.parametrize("expr,expected", [
-    ("12*34", "408"),
-    ("1,234 + 1", "1235"),
-    ("7/2", "3.5"),
-    ("6/3", "2"),
-    ("0.1 + 0.2", "0.3"),
-    ("100/7", "14.2857142857143"),
-    ("-3 + 2", "-1"),
-    ("(1 + 2) * 3 - 4", "5"),
-    ("7 // 2", "3"),
-    ("12,345,678 * 3", "37037034"),
-    ("'strawberry'.count('r')", "3"),
-    ('"banana".count("an")', "2"),
-    ("'directory'.count('r')", "2"),
-])
-def test_calculator_values(expr, expected):
-    assert check_calculator_expr(expr)[0], check_calculator_expr(expr)
-    assert calculator(expr) == expected
-
-
-@pytest.mark.parametrize("expr", [
-    "2**10", "2 ** 10", "1/0", "5 // 0", "1 2", "", "   ", "abc", "x" * 300, "1" * 257,
-    "__import__('os').system('id')", "'a'.__class__", "open('f').read()", "eval('1+1')", "exec('x=1')",
-    "getattr('a', 'count')('a')", "'abc'.upper()", "'abc'.count('a', 'b')", "'a'.count(x)", "len('abc')",
-    "'%s' % 5", "1e308 * 10", "[1, 2][0]", "lambda: 1",
-])
-def test_calculator_rejects_or_fails(expr):
-    assert calculator(expr) is None
-
-
-def test_calculator_rejected_code_is_not_run(tmp_path):
-    marker = tmp_path / "X"
-    expr = f"__import__('os').system('touch {marker}')"
-    ok, reason = check_calculator_expr(expr)
-    assert not ok and reason
-    assert calculator(expr) is None
-    assert calculator(f"'a'.count(__import__('os').system('touch {marker}'))") is None
-    assert not marker.exists()
-    assert check_calculator_expr("2**10") == (False, "the power operator ** is not allowed")
-    assert check_calculator_expr("12*34") == (True, "arithmetic")
-    assert check_calculator_expr("'word'.count('o')") == (True, "string count")
-
-
-def test_calculator_bounded():
-    big = "*".join(["9" * 25] * 9)  # 233 characters, a 225-digit product: allowed, exact
-    assert calculator(big) == str(int("9" * 25) ** 9)
-    assert calculator("*".join(["9" * 25] * 10)) is None  # 259 characters: too long
-    huge = "*".join(["9" * 120, "9" * 120])
-    assert calculator(huge) == str(int("9" * 120) ** 2)
-    assert calculator("(" * 100 + "1" + ")" * 100) in ("1", None)  # deep nesting never crashes
-
-
-def test_calculator_latency():
-    exprs = ["12*34", "1,234 + 1", "(123 + 456) * 789 / 3", "'strawberry'.count('r')", "__import__('os')"]
-    n = 2000
-    t0 = time.perf_counter()
-    for _ in range(n):
-        for e in exprs:
-            calculator(e)
-    per_call_us = (time.perf_counter() - t0) / (n * len(exprs)) * 1e6
-    print(f"calculator: {per_call_us:.1f} us per call (mean over {len(exprs)} expressions)")
-    assert per_call_us < 5000  # loose: the target is < 1 ms, typically a few tens of microseconds
