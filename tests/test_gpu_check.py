@@ -53,7 +53,7 @@ def test_cpu_backend_under_a_visible_gpu_is_a_failure():
 def test_prediction_picks_the_local_device(monkeypatch):
     devices = {"H100 SXM": {"tokens_per_s": 1.0}, "H20": {"tokens_per_s": 2.0}, "H200": {"tokens_per_s": 3.0}}
     fake = types.SimpleNamespace(main=lambda argv: {"preset": "d20", "train": {"devices": devices}})
-    monkeypatch.setitem(sys.modules, "scripts.perf_model", fake)
+    monkeypatch.setattr(gpu_check, "perf_model", fake)
     assert gpu_check.predict([], "NVIDIA H200") == {"device": "H200", "tokens_per_s": 3.0}
     assert gpu_check.predict([], "NVIDIA H100 80GB HBM3")["device"] == "H100 SXM"
     assert gpu_check.predict([], "Tesla T4").startswith("unavailable: no entry")
