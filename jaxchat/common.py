@@ -74,22 +74,10 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
 
 
 def report_dir() -> Path:
-    """Where stages leave their report sections (`<slug>.json`), stage logs and the final report.md."""
+    """Where stages leave their report sections (`<section>.json`, see jaxchat.stage), logs and report.md."""
     d = base_dir() / "report"
     d.mkdir(parents=True, exist_ok=True)
     return d
-
-
-def log_section(slug: str, data: dict) -> Path:
-    """Record one stage's figures for the report: `<report_dir>/<slug>.json` (process 0 writes). Slugs, in
-    pipeline order: tokenizer-training, tokenizer-evaluation, base-model-training, base-model-loss,
-    base-model-evaluation, midtraining, chat-evaluation-mid, chat-sft, chat-evaluation-sft, chat-rl,
-    chat-evaluation-rl."""
-    path = report_dir() / f"{slug}.json"
-    if process_index() == 0:
-        record = {"slug": slug, "time": time.time(), **data}
-        path.write_text(json.dumps(record, indent=2, default=_json_default))
-    return path
 
 
 def cli(main) -> None:

@@ -1,5 +1,6 @@
-"""What every stage script does around the shared loop: distributed init, mesh, tokenizer, batch arithmetic,
-checkpoint folders, logs, and the stage summary the report reads. Kept here so the scripts stay short."""
+"""What every stage script does around the shared loop: distributed init, mesh, batch arithmetic, checkpoint
+folders, logs, and at the end `finish`: the stage's summary, checked against SECTIONS, written to
+`report/<section>.json` (the report's only input and the pipeline's "done" marker)."""
 from __future__ import annotations
 
 import json
@@ -9,21 +10,72 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import jax
+import numpy as np
+from jax._src import distributed  # the coordination service's state (orbax reads it the same way)
 
 from jaxchat import sharding as shd
-from jaxchat.checkpoint import STAGE_DIRS
-from jaxchat.common import JsonlLog, base_dir, print0
+from jaxchat.checkpoint import STAGE_DIRS, load_model
+from jaxchat.common import JsonlLog, base_dir, print0, report_dir
 
-SAMPLE_PROMPTS = [
-    "The capital of France is",
-    "The chemical symbol of gold is",
-    "If yesterday was Friday, then tomorrow will be",
-    "The opposite of hot is",
-    "The planets of the solar system are:",
-    "My favorite color is",
-    "If 5*x + 3 = 13, then x is",
-    "def fibonacci(n):",
-]
+SAMPLE_PROMPTS = ["The capital of France is", "The chemical symbol of gold is",
+                  "If yesterday was Friday, then tomorrow will be", "The opposite of hot is",
+                  "The planets of the solar system are:", "My favorite color is", "If 5*x + 3 = 13, then x is",
+                  "def fibonacci(n):"]
+
+
+class Section:
+    def __init__(self, title: str, keys: str, optional: str = ""):
+        self.title, self.keys, self.optional = title, tuple(keys.split()), tuple(optional.split())
+        self.timer = next(k for k in ("wall_time_s", "time_s", "train_time_s") if k in self.keys)
+
+
+TRAIN = "steps train_time_s final_loss wall_time_s depth "  # train.run's + every training script's
+CORE = ("source model_tag step core core_tasks_run core_tasks_total tasks not_run data max_per_task examples time_s "
+        "examples_per_s json")
+CHAT = ("source model_tag step chatcore chatcore_tasks tasks max_problems num_samples temperature max_new_tokens "
+        "time_s json")
+
+# each stage's report section (in pipeline order): title, the keys its summary holds (and may hold), its own timer
+SECTIONS = {
+    "tokenizer-training": Section("Tokenizer training", "vocab_size source max_chars doc_cap digit_group train_chars "
+                                  "train_documents train_time_s num_special_tokens special_ids token_bytes_min "
+                                  "token_bytes_max token_bytes_mean token_bytes_std model_path sha256"),
+    "tokenizer-evaluation": Section("Tokenizer evaluation", "vocab_size columns rows tiktoken_skipped time_s"),
+    "base-model-training": Section("Base model training", TRAIN + "val_bpb val_loss params tokens tokens_per_step "
+                                   "tok_per_sec flops_per_token preset source", "core_metric core_tasks_run"),
+    "base-model-loss": Section("Base model loss", "train_bpb train_loss train_tokens val_bpb val_loss val_tokens "
+                               "xz_bpb xz_bytes vs_xz samples time_s"),
+    "base-model-evaluation": Section("Base model evaluation (CORE)", CORE),
+    "chat-evaluation-base": Section("Chat evaluation: base", CHAT),
+    "midtraining": Section("Midtraining", TRAIN + "val_loss val_bpb tokens epochs conversations online tok_per_sec "
+                           "params"),
+    "core-evaluation-mid": Section("CORE evaluation: mid", CORE),
+    "chat-evaluation-mid": Section("Chat evaluation: mid", CHAT),
+    "chat-sft": Section("Chat SFT", TRAIN + "val_loss conversations epochs examples online", "mmlu_acc arc_easy_acc"),
+    "core-evaluation-sft": Section("CORE evaluation: sft", CORE),
+    "chat-evaluation-sft": Section("Chat evaluation: sft", CHAT),
+    "chat-rl": Section("Chat RL", TRAIN + "pass@1 reward_first reward_last reward_window rollout_tok_per_sec task",
+                       " ".join(f"pass@{k}" for k in range(2, 9))),
+    "core-evaluation-rl": Section("CORE evaluation: rl", CORE),
+    "chat-evaluation-rl": Section("Chat evaluation: rl", CHAT),
+}
+
+
+def finish(section: str, summary: dict, checkpoints=None) -> dict:
+    """The end of every stage: close its checkpoints, check its summary against SECTIONS[section], and write
+    `report/<section>.json` (process 0, atomically). Returns the summary."""
+    if checkpoints is not None:
+        checkpoints.close()
+    spec = SECTIONS[section]
+    missing = [k for k in spec.keys if k not in summary]
+    extra = [k for k in summary if k not in spec.keys + spec.optional]
+    if missing or extra:
+        raise ValueError(f"the {section!r} summary lacks keys {missing}, has undeclared keys {extra} (stage.SECTIONS)")
+    if distributed.global_state.process_id == 0:  # not jax.process_index(): tok_train starts no backend
+        tmp = report_dir() / f".{section}.json.tmp"
+        tmp.write_text(json.dumps({"section": section, "time": time.time(), **summary}, indent=2, default=float))
+        os.replace(tmp, report_dir() / f"{section}.json")
+    return summary
 
 
 @dataclass
@@ -34,8 +86,7 @@ class Context:
     process_count: int
 
 
-# XLA preallocates 75% of a GPU by default; the GPU presets' memory plans (scripts/memory_plan.py) budget this
-# fraction instead. Set before the backend starts; a user's own setting wins.
+# XLA preallocates 75% of a GPU; the GPU presets' memory plans (scripts/memory_plan.py) budget this fraction instead
 GPU_MEM_FRACTION = "0.92"
 
 
@@ -50,15 +101,13 @@ def init(mesh_cfg, *, training: bool = False, dry_run: bool = False) -> Context:
 
 def require_accelerator() -> None:
     """A GPU preset on a CPU backend would start a weeks-long run on one CPU device: stop at once instead."""
-    backend = jax.default_backend()
-    if backend != "cpu":
-        return
-    raise SystemExit(
-        f"this preset trains on GPUs (or TPUs), but JAX found only the {backend!r} backend "
-        f"({len(jax.devices())} device(s)). Install CUDA JAX for your driver: `bash run_all.sh setup --preset "
-        f"<preset>` (or pip install -e '.[gpu,hub]' for CUDA 12, '.[gpu13,hub]' for CUDA 13, driver >= 580), "
-        f"then check with `python -m scripts.gpu_check`. To run it on the CPU anyway, pass --allow_cpu; "
-        f"--dry_run prints the plan without a GPU.")
+    if jax.default_backend() == "cpu":
+        raise SystemExit(
+            "this preset trains on GPUs (or TPUs), but JAX found only the 'cpu' backend "
+            f"({len(jax.devices())} device(s)). Install CUDA JAX for your driver: `bash run_all.sh setup --preset "
+            "<preset>` (or pip install -e '.[gpu,hub]' for CUDA 12, '.[gpu13,hub]' for CUDA 13, driver >= 580), "
+            "then check with `python -m scripts.gpu_check`. To run it on the CPU anyway, pass --allow_cpu; "
+            "--dry_run prints the plan without a GPU.")
 
 
 def model_tag(tag: str, model_cfg) -> str:
@@ -76,26 +125,6 @@ def logger(stage: str, tag: str) -> JsonlLog:
     return JsonlLog(out_dir(stage, tag) / "log.jsonl")
 
 
-def write_summary(stage: str, tag: str, summary: dict) -> Path:
-    """`<stage dir>/summary.json`: the figures the report shows for this stage."""
-    path = out_dir(stage, tag) / "summary.json"
-    if jax.process_index() == 0:
-        path.write_text(json.dumps({"stage": stage, "model_tag": tag, "finished": time.time(), **summary},
-                                   indent=2, default=float))
-    return path
-
-
-def finish(section: str, summary: dict, *, checkpoints=None) -> dict:
-    """What every stage does at the end: write its report section (the report's input and the pipeline's
-    "done" marker) and close its checkpoints. (Interim form; the fixed schema comes next.)"""
-    from jaxchat.common import log_section
-
-    log_section(section, summary)
-    if checkpoints is not None:
-        checkpoints.close()
-    return summary
-
-
 def rows_per_process(device_batch_size: int, ctx: Context) -> tuple[int, int]:
     """(global rows, this process's rows) for one micro-step."""
     rows = device_batch_size * ctx.n_devices
@@ -109,17 +138,12 @@ def banner(name: str, **items) -> None:
 
 
 def load_source(stage_name: str, model_tag: str, ctx: Context, step: int = -1):
-    """Params + model config of the previous stage's checkpoint (largest model if no tag), on this mesh."""
-    from jaxchat.checkpoint import load_model
-
-    params, mc, meta = load_model(stage_name, model_tag or None, None if step < 0 else step, mesh=ctx.mesh)
-    return params, mc, meta
+    """Params, model config and meta of the previous stage's checkpoint (largest model if no tag), on this mesh."""
+    return load_model(stage_name, model_tag or None, None if step < 0 else step, mesh=ctx.mesh)
 
 
 def estimate_tokens(task, tokenizer, max_tokens: int, sample: int = 2000, seed: int = 0) -> float:
     """Rendered tokens in a task: exact for small tasks, a seeded sample's mean × size for large ones."""
-    import numpy as np
-
     n = len(task)
     idx = range(n) if n <= sample else np.random.default_rng(seed).choice(n, sample, replace=False)
     lengths = [len(tokenizer.render_conversation(task[int(i)], max_tokens=max_tokens)[0]) for i in idx]

@@ -20,36 +20,30 @@ from pathlib import Path
 
 from jaxchat import config as C
 from jaxchat import evaluate, stage
-from jaxchat.checkpoint import load_model
-from jaxchat.common import base_dir, cli, log_section, print0, process_index
+from jaxchat.common import base_dir, cli, print0, process_index
 from jaxchat.tokenizer import Tokenizer
 
 
 def main(argv=None):
-    cfg = C.load(["mesh", "eval"], argv,
-                 extra={"source": "base", "model_tag": "", "step": -1, "tasks": "", "output": ""})
+    cfg = C.load(["mesh", "eval"], argv, extra=dict(source="base", model_tag="", step=-1, tasks="", output=""))
     x, ec = cfg.extra, cfg.eval
     ctx = stage.init(cfg.mesh)
     tok = Tokenizer.load()
-    params, mc, meta = load_model(x.source, x.model_tag or None, None if x.step < 0 else x.step, mesh=ctx.mesh)
-    tag = meta.get("model_tag") or stage.model_tag(x.model_tag, mc)
-    step = meta.get("step", x.step)
-    only = [t for t in re.split(r"[|,]", x.tasks) if t.strip()] or None
+    params, mc, meta = stage.load_source(x.source, x.model_tag, ctx, x.step)
+    tag, step = meta.get("model_tag") or stage.model_tag(x.model_tag, mc), meta.get("step", x.step)
     stage.banner("base_eval", source=x.source, model=f"{tag} step {step}", devices=ctx.n_devices,
                  max_per_task=ec.max_per_task, batch_size=ec.batch_size, bundle=ec.core_bundle)
     scorer = evaluate.Scorer.for_model(params, mc, ctx.mesh, batch_size=ec.batch_size)
-    res = evaluate.evaluate_core(scorer, tok, max_per_task=ec.max_per_task, bundle=ec.core_bundle, only=only,
-                                 log=print0)
-    res.update(source=x.source, model_tag=tag, step=step, compiled_shapes=sorted(scorer.shapes))
+    res = evaluate.evaluate_core(scorer, tok, max_per_task=ec.max_per_task, bundle=ec.core_bundle,
+                                 only=[t for t in re.split(r"[|,]", x.tasks) if t.strip()] or None, log=print0)
     print0(evaluate.format_core_table(res))
     print0(f"[base_eval] {res['examples']} examples in {res['time_s']:.1f}s ({res['examples_per_s']:.1f}/s)")
     out = Path(x.output) if x.output else base_dir() / "base_eval" / f"{x.source}_{tag}_step{step}.json"
+    res.update(source=x.source, model_tag=tag, step=step, json=str(out))
     if process_index() == 0:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(res, indent=2, default=float))
-    slug = "base-model-evaluation" if x.source == "base" else f"core-evaluation-{x.source}"
-    log_section(slug, {k: v for k, v in res.items() if k != "compiled_shapes"} | {"json": str(out)})
-    return res
+        out.write_text(json.dumps({**res, "compiled_shapes": sorted(scorer.shapes)}, indent=2, default=float))
+    return stage.finish("base-model-evaluation" if x.source == "base" else f"core-evaluation-{x.source}", res)
 
 
 if __name__ == "__main__":

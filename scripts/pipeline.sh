@@ -6,8 +6,9 @@
 #   bash run_all.sh --preset d20 --dry-run   print every stage's command and the derived shapes/steps/tokens
 #   bash run_all.sh --force             rerun stages whose output already exists
 #
-# A stage whose report section already exists is skipped (so an interrupted run continues from the last
-# finished stage); a failed stage stops the run and names its log. Logs: $JAXCHAT_BASE_DIR/report/logs/.
+# A stage whose report section ($JAXCHAT_BASE_DIR/report/<section>.json, written by jaxchat.stage.finish when it
+# is done) exists is skipped, so an interrupted run continues from the last finished stage; a failed stage stops
+# the run and names its log ($JAXCHAT_BASE_DIR/report/logs/<section>.log).
 # Multi-host: set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID (or run under SLURM) and start
 # this script on every host with a shared $JAXCHAT_BASE_DIR.
 set -euo pipefail
@@ -23,7 +24,7 @@ while [ $# -gt 0 ]; do
     --preset=*) PRESET="${1#*=}"; shift ;;
     --force) FORCE=1; shift ;;
     --dry-run|--dry_run) DRY=1; shift ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     *) echo "pipeline: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -48,7 +49,7 @@ GPU_PRESET=0
 
 say() { printf '\n[pipeline %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 
-# stage NAME MARKER_SECTION -- command...
+# stage NAME SECTION command...: skipped when report/SECTION.json exists (unless --force)
 stage() {
   local name="$1" marker="$2"; shift 2
   if [ "$DRY" = 1 ]; then
@@ -59,7 +60,7 @@ stage() {
     say "$name: already done ($REPORT/$marker.json), skipping (--force reruns)"
     return 0
   fi
-  local log="$LOGS/$name.log" t0
+  local log="$LOGS/$marker.log" t0
   t0=$(date +%s)
   say "$name: $* (log: $log)"
   if ! "$@" 2>&1 | tee "$log"; then
@@ -69,17 +70,17 @@ stage() {
   say "$name: done in $(( $(date +%s) - t0 ))s"
 }
 
+# Multi-host: process 0 writes the report and downloads; the others wait for its completion marker before any
+# stage lists shards (tok_train trains on process 0 only, the others wait for its tokenizer).
+RANK="${JAX_PROCESS_ID:-${SLURM_PROCID:-0}}"
 if [ "$DRY" = 1 ]; then
   echo "jaxchat pipeline, preset $PRESET (dry run): stages and commands"
 else
   say "preset $PRESET, base dir $BASE"
   # keep finished stages' sections unless --force (an interrupted run continues where it stopped)
-  "$PY" -m jaxchat.report reset "$P" $([ "$FORCE" = 1 ] || echo --keep-sections)
+  if [ "$RANK" = 0 ]; then "$PY" -m jaxchat.report reset "$P" $([ "$FORCE" = 1 ] || echo --keep-sections); fi
 fi
 
-# Multi-host: process 0 downloads; the others wait for its completion marker before any stage lists shards
-# (tok_train trains on process 0 only, the others wait for its tokenizer).
-RANK="${JAX_PROCESS_ID:-${SLURM_PROCID:-0}}"
 if [ "$GPU_PRESET" = 1 ]; then
   # As nanochat: the shards the tokenizer reads first (its [tokenizer] max_chars), the rest in the background.
   SHARDS="$("$PY" -c "from jaxchat.corpus import shards_needed; print(shards_needed('$PRESET'))" 2>/dev/null || echo 240)"
@@ -115,10 +116,10 @@ stage chat_eval_sft  chat-evaluation-sft    "$PY" -m scripts.chat_eval "$P" --so
 stage chat_rl        chat-rl                "$PY" -m scripts.chat_rl "$P" $RESUME
 stage chat_eval_rl   chat-evaluation-rl     "$PY" -m scripts.chat_eval "$P" --source=rl
 if [ "$DRY" = 1 ]; then
-  printf '  %-22s %s\n' report "$PY -m jaxchat.report generate $P"
+  printf '  %-22s %s\n' report "$PY -m jaxchat.report generate"
   exit 0
 fi
-"$PY" -m jaxchat.report generate "$P"
+if [ "$RANK" = 0 ]; then "$PY" -m jaxchat.report generate; fi
 
 cat <<EOF
 

