@@ -1,31 +1,35 @@
 """The one training machinery every stage uses: state, the pure jitted step, and the loop.
 
-State is a plain dict pytree `{"step": int32[], "params": {...}, "opt_state": optax state}`; the step is
-`train_step(state, batch) -> (state, metrics)`, jitted with the state donated, where `batch` holds
-`inputs` and `targets` as [A, B, T] int32 (A micro-steps of gradient accumulation, B global rows) and
-optionally `weights` [A, B, T] float32. Targets < 0 are ignored. The loss is
-    Σ weights · nll(target) / (number of targets ≥ 0)   over the whole [A, B, T] batch,
-which is the mean token loss for pre/mid-training (weights = 1), the masked mean for SFT (masked targets
-set to −1), and nanochat's token-normalised policy-gradient loss for RL (weights = advantages).
+State is a dict pytree `{"step": int32[], "params", "opt_state"}`; `train_step(state, batch) -> (state, metrics)`
+is jitted with the state donated. `batch` holds `inputs`, `targets` [A, B, T] int32 (A micro-steps of gradient
+accumulation) and optionally `weights` [A, B, T]; targets < 0 are ignored. The loss, over the whole batch, is
+    Σ weights · nll(target) / (number of targets ≥ 0):
+the mean token loss for pre/mid-training, the masked mean for SFT, nanochat's policy-gradient loss for RL
+(weights = advantages).
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+from tqdm import tqdm
 
 from jaxchat import model as gpt
 from jaxchat import sharding as shd
+from jaxchat.checkpoint import CheckpointError, abstract_like
+from jaxchat.common import print0
 from jaxchat.config import ModelConfig, TrainConfig
-from jaxchat.optim import make_optimizer, opt_state_shardings
+from jaxchat.optim import lr_multiplier, make_optimizer, opt_state_shardings
 
 
 @dataclass
@@ -113,10 +117,6 @@ def put_batch(setup: Setup, batch_np: dict):
     return {k: shd.put_global_batch(v, setup.batch_sharding) for k, v in batch_np.items()}
 
 
-# ----------------------------------------------------------------------------------------------------
-# Horizon and batch arithmetic (nanochat's rules)
-
-
 def grad_accum_steps(total_batch_size: int, device_batch_size: int, seq_len: int, n_devices: int) -> int:
     """Micro-steps per optimizer step. total_batch_size = -1 means a single micro-step."""
     per_micro = device_batch_size * seq_len * n_devices
@@ -140,9 +140,7 @@ def horizon(model_cfg: ModelConfig, cfg: TrainConfig, tokens_per_step: int) -> t
     raise ValueError("no training horizon: set num_iterations, target_flops or target_param_data_ratio")
 
 
-# ----------------------------------------------------------------------------------------------------
-# Device peak FLOP/s for MFU (dense bf16 tensor-core numbers, not the 2:4-sparsity figures).
-
+# bf16 dense peak FLOP/s per device for MFU (tensor-core numbers, not the 2:4-sparsity figures)
 PEAK_FLOPS = {
     "H100": 989e12, "H200": 989e12, "GH200": 989e12, "H800": 989e12, "H20": 148e12,
     "B200": 2250e12, "B100": 1750e12, "GB200": 2500e12,
@@ -155,237 +153,141 @@ PEAK_FLOPS = {
 
 
 def device_peak_flops(device=None) -> float | None:
-    """bf16 dense peak of one device, looked up by its kind (longest matching name wins); None for CPUs and
-    unknown devices (MFU is then not reported rather than guessed)."""
+    """Peak of one device by its kind (the longest matching name); None for CPUs and unknown devices (MFU is then
+    not reported rather than guessed)."""
     device = device or jax.devices()[0]
-    if device.platform == "cpu":
-        return None
-    kind = device.device_kind
-    best = None
-    for name, flops in PEAK_FLOPS.items():
-        if name.lower() in kind.lower() and (best is None or len(name) > len(best[0])):
-            best = (name, flops)
-    return best[1] if best else None
+    names = [k for k in PEAK_FLOPS if k.lower() in device.device_kind.lower()] if device.platform != "cpu" else []
+    return PEAK_FLOPS[max(names, key=len)] if names else None
 
 
-class Throughput:
-    """Tokens/s, FLOP/s and MFU over the global batch, excluding the first `skip` (compiling) steps."""
-
-    def __init__(self, tokens_per_step: int, flops_per_token: float, n_devices: int, skip: int = 1):
-        self.tokens_per_step, self.flops_per_token = tokens_per_step, flops_per_token
-        self.peak = device_peak_flops()
-        self.n_devices, self.skip = n_devices, skip
-        self.count, self.time, self.last = 0, 0.0, None
-
-    def step(self, dt: float, tokens: int | None = None) -> dict:
-        self.count += 1
-        if self.count > self.skip:
-            self.time += dt
-        tok_s = (tokens or self.tokens_per_step) / dt if dt > 0 else float("nan")
-        out = {"dt": dt, "tok_per_sec": tok_s, "flops_per_sec": tok_s * self.flops_per_token}
-        if self.peak:
-            out["mfu"] = out["flops_per_sec"] / (self.peak * self.n_devices)
-        return out
-
-    def eta(self, steps_left: int) -> float:
-        n = self.count - self.skip
-        return steps_left * (self.time / n) if n > 0 else float("nan")
-
-
-def format_seconds(s: float) -> str:
+def _hms(s: float) -> str:
     if not math.isfinite(s):
         return "?"
     s = int(s)
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
-def now() -> float:
-    return time.perf_counter()
+class Meter:
+    """Per-step records, fetched one step late so the host never waits on the step it has just launched: loss EMA,
+    tokens/s, MFU, ETA; a progress bar (off a terminal, a line every n/40 steps) and one JSONL line per step."""
 
+    def __init__(self, name: str, setup: Setup, start: int, log, show=(), elapsed: float = 0.0, ema=None):
+        self.name, self.setup, self.start, self.log, self.show = name, setup, start, log, show
+        self.n, self.elapsed, self.elapsed0, self.ema = setup.num_iterations, elapsed, elapsed, ema
+        self.flops_per_token, self.peak = gpt.flops_per_token(setup.model_cfg), device_peak_flops()
+        self.tty = sys.stderr.isatty()
+        self.bar = tqdm(total=self.n, initial=start, desc=name, disable=not self.tty, dynamic_ncols=True)
+        self.pending, self.last = None, time.perf_counter()
 
-def to_host(tree):
-    return jax.tree.map(lambda x: np.asarray(x).item() if np.ndim(x) == 0 else np.asarray(x), jax.device_get(tree))
+    def update(self, step: int, metrics: dict, info: dict, tokens: int) -> None:
+        self.flush()
+        self.pending = (step, metrics, info, tokens)
 
+    @contextlib.contextmanager
+    def paused(self):
+        """Evaluation, sampling and saving time is not training time."""
+        self.flush()
+        t = time.perf_counter()
+        yield
+        self.last += time.perf_counter() - t
 
-# ----------------------------------------------------------------------------------------------------
-# The loop
-
-
-@dataclass
-class Loop:
-    """Everything a stage hands the shared loop. `batches` yields host numpy batches [A, B_local, T] and (for
-    exact resume) has get_state/set_state; `evaluate(state, step)` / `sample(state, step)` return dicts that
-    are logged; `meta()` returns the JSON-able configs stored with every checkpoint."""
-
-    setup: Setup
-    batches: Any
-    name: str
-    tokens_per_step: int
-    checkpoints: Any = None  # jaxchat.checkpoint.Checkpoints
-    log: Any = None  # jaxchat.common.JsonlLog
-    evaluate: Callable | None = None
-    eval_every: int = -1
-    sample: Callable | None = None
-    sample_every: int = -1
-    save_every: int = -1
-    meta: Callable[[], dict] = dict
-    resume: bool = False
-    overwrite: bool = False  # a fresh run may replace the checkpoints an earlier run left in the folder
-    save_optimizer: bool = True
-    save_data_state: bool = True
-    flops_per_token: float | None = None
-    # Instead of `batches`: batch_fn(state, step) -> (host batch, info dict logged with the step). RL uses it to
-    # sample rollouts from the current params; its data position is the step itself (save_data_state=False).
-    batch_fn: Callable | None = None
-    show: tuple = ()  # info keys to show in the progress line
-
-
-def _due(step: int, every: int, last: bool) -> bool:
-    return last or (every > 0 and step > 0 and step % every == 0)
-
-
-def _start_afresh(name: str, ck, overwrite: bool) -> None:
-    """A run without --resume over a folder of old checkpoints. Checked before any work: otherwise the first
-    save would fail on a step number the old run already wrote, after that much training was done."""
-    from jaxchat.checkpoint import CheckpointError
-    from jaxchat.common import print0
-
-    steps = ck.steps()
-    if not overwrite:
-        raise CheckpointError(f"{ck.directory} holds checkpoints of an earlier run (steps {steps}). Pass --resume to "
-                              f"continue from step {steps[-1]}, or --overwrite to start afresh and replace them.")
-    print0(f"[{name}] starting afresh (--overwrite): removing the old checkpoints {steps} in {ck.directory}")
-    ck.delete_after(-1)
-
-
-def run(loop: Loop) -> tuple[dict, dict]:
-    """Train for setup.num_iterations steps with evaluation, sampling, checkpointing and exact resume.
-    Returns (final state, summary dict)."""
-    import sys
-
-    from tqdm import tqdm
-
-    from jaxchat.checkpoint import abstract_like
-    from jaxchat.common import print0
-
-    setup, n = loop.setup, loop.setup.num_iterations
-    step_fn = jit_train_step(setup)
-    state = setup.state
-    start, elapsed, ema, summary = 0, 0.0, None, {}
-    ck = loop.checkpoints
-    if not loop.resume:
-        if ck is not None and ck.steps():
-            _start_afresh(loop.name, ck, loop.overwrite)
-        if loop.log is not None:
-            loop.log.clear()
-    if loop.resume and ck is not None and ck.latest_step() is not None:
-        abstract_opt = abstract_like(state["opt_state"], setup.state_shardings["opt_state"])
-        items, meta = ck.restore(
-            abstract_params=abstract_like(state["params"], setup.state_shardings["params"]),
-            abstract_opt_state=abstract_opt,
-            data=loop.batches if loop.save_data_state else None,
-            expect_model=meta_model(setup.model_cfg))
-        start = int(meta["step"])
-        state = {"step": jax.device_put(jnp.asarray(start, jnp.int32), setup.state_shardings["step"]),
-                 "params": items["params"], "opt_state": items["opt_state"]}
-        loop_state = meta.get("loop", {})
-        elapsed, ema, summary = loop_state.get("elapsed", 0.0), loop_state.get("ema"), loop_state.get("summary", {})
-        ck.delete_after(start)
-        print0(f"[{loop.name}] resumed from {ck.directory}/{start} (step {start}/{n})")
-    fpt = loop.flops_per_token if loop.flops_per_token is not None else gpt.flops_per_token(setup.model_cfg)
-    tput = Throughput(loop.tokens_per_step, fpt, setup.mesh.size)
-    tty = sys.stderr.isatty()
-    bar = tqdm(total=n, initial=start, desc=loop.name, disable=not tty, dynamic_ncols=True)
-    print_every = max(1, n // 40)
-    log = loop.log
-    pending = None  # (step, device metrics, tokens, info): fetched one step late, so the host never waits
-    last_fetch = now()
-
-    def flush():
-        """Pull the previous step's metrics (blocks only until that step is done) and log them."""
-        nonlocal pending, ema, elapsed, last_fetch
-        if pending is None:
+    def flush(self) -> None:
+        if self.pending is None:
             return
-        step, dev_metrics, tokens, info = pending
-        pending = None
-        metrics = to_host(dev_metrics)
-        t = now()
-        dt, last_fetch = t - last_fetch, t
-        if step > start:  # the first step after (re)start includes compilation
-            elapsed += dt
-        perf = tput.step(dt, tokens)
-        ema = 0.9 * (ema or 0.0) + 0.1 * metrics["loss"]  # nanochat's EMA(0.9), debiased below
-        record = {"kind": "train", "step": step, **metrics, "ema_loss": ema / (1 - 0.9 ** (step + 1)), **perf,
-                  "lr_mult": float(_lr_mult(setup, step)), "elapsed": elapsed, **info}
-        if log:
-            log.write(**record)
-        post = {"loss": f"{metrics['loss']:.3f}", "tok/s": f"{perf['tok_per_sec']:,.0f}",
-                "eta": format_seconds(tput.eta(n - step - 1))}
-        post.update({k: (f"{v:.3f}" if isinstance(v, float) else str(v)) for k, v in info.items() if k in loop.show})
+        (step, metrics, info, tokens), self.pending = self.pending, None
+        metrics = {k: v.item() for k, v in jax.device_get(metrics).items()}  # blocks until that step is done
+        t = time.perf_counter()
+        dt, self.last = t - self.last, t
+        if step > self.start:  # the first step after a (re)start includes compilation
+            self.elapsed += dt
+        self.ema = 0.9 * (self.ema or 0.0) + 0.1 * metrics["loss"]  # nanochat's EMA(0.9), debiased below
+        tok_s = tokens / dt if dt > 0 else float("nan")
+        perf = {"dt": dt, "tok_per_sec": tok_s, "flops_per_sec": tok_s * self.flops_per_token}
+        if self.peak:
+            perf["mfu"] = perf["flops_per_sec"] / (self.peak * self.setup.mesh.size)
+        tc = self.setup.train_cfg
+        lr = lr_multiplier(step, self.n, tc.warmup_ratio, tc.warmdown_ratio, tc.final_lr_frac)
+        self.log.write(kind="train", step=step, **metrics, ema_loss=self.ema / (1 - 0.9 ** (step + 1)), **perf,
+                       lr_mult=float(lr), elapsed=self.elapsed, **info)
+        timed = step - self.start
+        eta = (self.n - step - 1) * (self.elapsed - self.elapsed0) / timed if timed > 0 else math.nan
+        post = {"loss": f"{metrics['loss']:.3f}", "tok/s": f"{tok_s:,.0f}", "eta": _hms(eta)}
+        post.update({k: (f"{v:.3f}" if isinstance(v, float) else str(v)) for k, v in info.items() if k in self.show})
         if "mfu" in perf:
             post["mfu"] = f"{100 * perf['mfu']:.1f}%"
-        bar.set_postfix(post, refresh=False)
-        bar.update(1)
-        if not tty and (step % print_every == 0 or step == n - 1):
-            print0(f"[{loop.name}] step {step + 1}/{n} " + " ".join(f"{k} {v}" for k, v in post.items()))
+        self.bar.set_postfix(post, refresh=False)
+        self.bar.update(1)
+        if not self.tty and (step % max(1, self.n // 40) == 0 or step == self.n - 1):
+            print0(f"[{self.name}] step {step + 1}/{self.n} " + " ".join(f"{k} {v}" for k, v in post.items()))
 
+
+def restore(setup: Setup, name: str, ck, log, data=None) -> tuple[dict, int, dict]:
+    """(state, first step, the loop's saved bookkeeping): with --resume the newest checkpoint, else a fresh start."""
+    tc, sh = setup.train_cfg, setup.state_shardings
+    if not tc.resume:
+        # checked before any work: otherwise the first save would fail on a step the old run already wrote
+        if steps := ck.steps():
+            if not tc.overwrite:
+                raise CheckpointError(f"{ck.directory} holds checkpoints of an earlier run (steps {steps}). Pass "
+                                      f"--resume to continue from step {steps[-1]}, or --overwrite to start afresh "
+                                      f"and replace them.")
+            print0(f"[{name}] starting afresh (--overwrite): removing the old checkpoints {steps} in {ck.directory}")
+            ck.delete_after(-1)
+        log.clear()
+        return setup.state, 0, {}
+    if ck.latest_step() is None:
+        return setup.state, 0, {}
+    items, meta = ck.restore(abstract_params=abstract_like(setup.state["params"], sh["params"]),
+                             abstract_opt_state=abstract_like(setup.state["opt_state"], sh["opt_state"]), data=data,
+                             expect_model=dataclasses.asdict(setup.model_cfg))
+    start = int(meta["step"])
+    ck.delete_after(start)
+    print0(f"[{name}] resumed from {ck.directory}/{start} (step {start}/{setup.num_iterations})")
+    state = {"step": jax.device_put(jnp.asarray(start, jnp.int32), sh["step"]), "params": items["params"],
+             "opt_state": items["opt_state"]}
+    return state, start, meta.get("loop", {})
+
+
+def run(setup: Setup, next_batch: Callable, *, name: str, ck, log, data=None, meta=None, evaluate=None,
+        eval_every: int | None = None, sample=None, show=(), save_optimizer: bool = True) -> tuple[dict, dict]:
+    """Train setup.num_iterations steps. `next_batch(step, state)` gives the host batch [A, B_local, T] (its "info"
+    dict, if any, is logged with the step); `evaluate` / `sample(state, step) -> dict` run every eval_every
+    (default [train] eval_every) / sample_every steps and at the end; checkpoints (with `data`, the iterator whose
+    position they save) every save_every steps and at the end. Returns (final state, summary)."""
+    t0, tc, n = time.time(), setup.train_cfg, setup.num_iterations
+    every = {"eval": tc.eval_every if eval_every is None else eval_every, "sample": tc.sample_every,
+             "save": tc.save_every}
+    state, start, carry = restore(setup, name, ck, log, data)
+    summary = carry.get("summary", {})
+    meter = Meter(name, setup, start, log, show, carry.get("elapsed", 0.0), carry.get("ema"))
+    step_fn = jit_train_step(setup)
     for step in range(start, n + 1):
-        last = step == n
-        boundary = last or any(loop_fn and _due(step, every, last) for loop_fn, every in
-                               ((loop.evaluate, loop.eval_every), (loop.sample, loop.sample_every),
-                                (ck, loop.save_every)))
-        if boundary:
-            flush()
-            last_fetch_paused = now()
-        if loop.evaluate and _due(step, loop.eval_every, last):
-            res = loop.evaluate(state, step)
-            summary.update({f"{k}": v for k, v in res.items()})
-            if log:
-                log.write(kind="eval", step=step, **res)
-            print0(f"[{loop.name}] step {step}/{n} " + " ".join(f"{k} {_fmt(v)}" for k, v in res.items()))
-        if loop.sample and _due(step, loop.sample_every, last):
-            res = loop.sample(state, step) or {}
-            if log and res:
-                log.write(kind="sample", step=step, **res)
-        if ck is not None and (_due(step, loop.save_every, last) and step > start):
-            ck.save(step, params=state["params"], opt_state=state["opt_state"] if loop.save_optimizer else None,
-                    data=loop.batches if loop.save_data_state else None,
-                    meta={**loop.meta(), "model": meta_model(setup.model_cfg),
-                          "loop": {"elapsed": elapsed, "ema": ema, "summary": summary}})
-        if last:
+        due = {k: step == n or (e > 0 and step > 0 and step % e == 0) for k, e in every.items()}
+        run_eval, run_sample, save = evaluate and due["eval"], sample and due["sample"], due["save"] and step > start
+        if run_eval or run_sample or save:
+            with meter.paused():
+                res = evaluate(state, step) if run_eval else {}
+                if res:
+                    summary.update(res)
+                    log.write(kind="eval", step=step, **res)
+                    print0(f"[{name}] step {step}/{n} " + " ".join(
+                        f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in res.items()))
+                if run_sample and (res := sample(state, step)):
+                    log.write(kind="sample", step=step, **res)
+                if save:
+                    ck.save(step, params=state["params"], opt_state=state["opt_state"] if save_optimizer else None,
+                            data=data, meta={**(meta or {}), "train": dataclasses.asdict(tc),
+                                             "model": dataclasses.asdict(setup.model_cfg),
+                                             "loop": {"elapsed": meter.elapsed, "ema": meter.ema, "summary": summary}})
+        if step == n:
             break
-        if boundary:  # evaluation/saving time is not training time
-            last_fetch += now() - last_fetch_paused
-        info = {}
-        if loop.batch_fn is not None:
-            flush()  # the rollouts need the current params anyway
-            host_batch, info = loop.batch_fn(state, step)
-        else:
-            host_batch = next(loop.batches)  # prepared while the previous step still runs
-        state, dev_metrics = step_fn(state, put_batch(setup, host_batch))
-        flush()
-        pending = (step, dev_metrics, int(np.prod(host_batch["inputs"].shape)) * jax.process_count(), info)
-    flush()
-    bar.close()
-    if ck is not None:
-        ck.wait()
-    summary.update({"steps": n, "train_time_s": elapsed,
-                    "final_loss": ema / (1 - 0.9 ** n) if ema is not None else None})
+        batch = next_batch(step, state)
+        info = batch.pop("info", {})
+        state, metrics = step_fn(state, put_batch(setup, batch))
+        meter.update(step, metrics, info, batch["inputs"].size * jax.process_count())
+    meter.flush()
+    meter.bar.close()
+    ck.wait()
+    summary.update(steps=n, train_time_s=meter.elapsed, wall_time_s=time.time() - t0,
+                   final_loss=meter.ema / (1 - 0.9 ** n) if meter.ema is not None else None)
     return state, summary
-
-
-def _lr_mult(setup: Setup, step: int) -> float:
-    from jaxchat.optim import lr_multiplier
-
-    tc = setup.train_cfg
-    return float(lr_multiplier(step, setup.num_iterations, tc.warmup_ratio, tc.warmdown_ratio, tc.final_lr_frac))
-
-
-def _fmt(v):
-    return f"{v:.4f}" if isinstance(v, float) else str(v)
-
-
-def meta_model(model_cfg: ModelConfig) -> dict:
-    import dataclasses
-
-    return dataclasses.asdict(model_cfg)

@@ -1,27 +1,21 @@
-"""Pretrain the base model (nanochat's base_train.py).
+"""Pretrain the base model (nanochat's base_train.py): --total_batch_size tokens a step for --num_iterations >
+--target_flops > --target_param_data_ratio steps; val bpb every --eval_every steps, CORE every --core_metric_every.
 
     python -m scripts.base_train                       # tiny preset: embedded corpus, CPU
     python -m scripts.base_train --preset d20          # 8xH100: FineWeb-edu, 21,400 steps of 524,288 tokens
     python -m scripts.base_train --resume              # continue exactly from the last checkpoint
-    python -m scripts.base_train --depth=6 --num_iterations=500 --packing=bos_bestfit
-
-Model from --depth; device batch × devices × accumulation = --total_batch_size tokens per step; horizon
---num_iterations > --target_flops > --target_param_data_ratio (20). Logs to <base_dir>/base_checkpoints/<tag>/.
-Val bpb every --eval_every steps; CORE (`core_metric`, --core_max_per_task examples per task) every
---core_metric_every steps and at the last step unless it is -1 (the GPU presets: 2000 on the DCLM bundle).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
-import time
 
 from jaxchat import config as C
 from jaxchat import core_tasks, data, evaluate, stage, train
 from jaxchat import model as gpt
 from jaxchat.checkpoint import Checkpoints
-from jaxchat.common import cli, log_section, print0
+from jaxchat.common import cli, print0
 from jaxchat.engine import Engine
 from jaxchat.tokenizer import Tokenizer
 
@@ -29,29 +23,28 @@ from jaxchat.tokenizer import Tokenizer
 def main(argv=None):
     cfg = C.load(["model", "mesh", "base", "eval"], argv, extra={"dry_run": False, "devices": -1})
     ctx = stage.init(cfg.mesh, training=True, dry_run=cfg.extra.dry_run)
-    tc: C.BaseConfig = cfg.base
-    mc = cfg.model
+    tc, mc = cfg.base, cfg.model
     tok = None if cfg.extra.dry_run else Tokenizer.load()
     if tok is not None and tok.vocab_size != mc.vocab_size:
         print0(f"[base_train] vocab_size {mc.vocab_size} -> {tok.vocab_size} (the trained tokenizer's)")
         mc = dataclasses.replace(mc, vocab_size=tok.vocab_size)
-    T = mc.max_seq_len
+    T, fpt = mc.max_seq_len, gpt.flops_per_token(mc)
     if cfg.extra.dry_run and cfg.extra.devices > 0:  # plan for another machine (e.g. --devices=8 for an 8-GPU node)
         ctx = dataclasses.replace(ctx, n_devices=cfg.extra.devices)
     rows, local_rows = stage.rows_per_process(tc.device_batch_size, ctx)
     accum = train.grad_accum_steps(tc.total_batch_size, tc.device_batch_size, T, ctx.n_devices)
     tokens_per_step = accum * rows * T
     n_iter, why = train.horizon(mc, tc, tokens_per_step)
-    tag = stage.model_tag(tc.model_tag, mc)
+    tokens, tag = n_iter * tokens_per_step, stage.model_tag(tc.model_tag, mc)
     stage.banner("base_train", model=f"d{mc.depth} ({gpt.num_params(mc):,} params)", devices=ctx.n_devices,
                  batch=f"{accum} x {rows} x {T} = {tokens_per_step:,} tokens/step", steps=f"{n_iter:,} ({why})",
-                 tokens=f"{n_iter * tokens_per_step:,}", flops=f"{gpt.flops_per_token(mc) * tokens_per_step * n_iter:.3e}")
+                 tokens=f"{tokens:,}", flops=f"{fpt * tokens:.3e}")
     if cfg.extra.dry_run:
         plan = {"params": gpt.num_params(mc), "depth": mc.depth, "width": mc.n_embd, "heads": mc.n_head,
-                "seq_len": T, "vocab": mc.vocab_size, "devices": ctx.n_devices, "device_batch_size": tc.device_batch_size,
-                "grad_accum": accum, "tokens_per_step": tokens_per_step, "steps": n_iter, "horizon_rule": why,
-                "tokens": n_iter * tokens_per_step, "flops_per_token": gpt.flops_per_token(mc),
-                "total_flops": gpt.flops_per_token(mc) * tokens_per_step * n_iter}
+                "seq_len": T, "vocab": mc.vocab_size, "devices": ctx.n_devices,
+                "device_batch_size": tc.device_batch_size, "grad_accum": accum, "tokens_per_step": tokens_per_step,
+                "steps": n_iter, "horizon_rule": why, "tokens": tokens, "flops_per_token": fpt,
+                "total_flops": fpt * tokens}
         print0("[base_train] dry run: " + json.dumps(plan))
         return plan
 
@@ -59,27 +52,17 @@ def main(argv=None):
                                     packing=tc.packing, process_index=ctx.process_index,
                                     process_count=ctx.process_count)
     val_rows = data.eval_rows(tc.source, "val", tok, seq_len=T, max_tokens=tc.eval_tokens)
-    token_bytes = tok.token_bytes()
-    setup = train.create_train_state(mc, tc, ctx.mesh, n_iter)
-    out = stage.out_dir("base", tag)
-    ck = Checkpoints(out, keep=tc.keep_checkpoints)
-    log = stage.logger("base", tag)
-
-    # CORE (nanochat's core_metric) every core_metric_every steps and at the last step, on core_max_per_task
-    # examples per task. The suite is resolved (the bundle fetched) here, so a failed download stops the run
-    # before any training rather than at the first CORE step.
+    ck = Checkpoints(stage.out_dir("base", tag), keep=tc.keep_checkpoints)
+    # the CORE suite is resolved (its bundle fetched) here, so a failed download stops the run before any training
     core_every = tc.core_metric_every
     core_suite = core_tasks.core_tasks(cfg.eval.core_bundle) if core_every > 0 else ()
-    # the loop has one evaluation hook, called every gcd(eval_every, core_metric_every) steps and at the last;
-    # each metric keeps its own schedule in it
-    every = math.gcd(*(e for e in (tc.eval_every, core_every) if e > 0)) or -1
 
-    def evaluate_fn(state, step):
-        res, last = {}, step == n_iter
-        if train._due(step, tc.eval_every, last):
-            s = evaluate.loss_stats(state["params"], val_rows, token_bytes, mc, ctx.mesh, batch_rows=rows)
+    def evaluate_fn(state, step):  # called every gcd(eval_every, core_metric_every) steps; each keeps its schedule
+        res, due = {}, lambda every: step == n_iter or (every > 0 and step % every == 0)
+        if due(tc.eval_every):
+            s = evaluate.loss_stats(state["params"], val_rows, tok.token_bytes(), mc, ctx.mesh, batch_rows=rows)
             res.update(val_bpb=s["bpb"], val_loss=s["loss"])
-        if core_every > 0 and train._due(step, core_every, last):
+        if core_every > 0 and due(core_every):
             scorer = evaluate.Scorer.for_model(state["params"], mc, ctx.mesh, batch_size=cfg.eval.batch_size)
             r = evaluate.evaluate_core(scorer, tok, max_per_task=tc.core_max_per_task, tasks=core_suite)
             res.update(core_metric=r["core"], core_tasks_run=r["core_tasks_run"])
@@ -90,29 +73,21 @@ def main(argv=None):
         prompts = [tok.encode(p, prepend=tok.bos_id) for p in stage.SAMPLE_PROMPTS]
         seqs, _ = eng.generate_batch(prompts, max_tokens=16, temperature=0.0, use_tools=False)
         samples = {p: tok.decode(s) for p, s in zip(stage.SAMPLE_PROMPTS, seqs)}
-        for p, s in samples.items():
-            print0(f"    {p!r} -> {s!r}")
+        print0("\n".join(f"    {p!r} -> {s!r}" for p, s in samples.items()))
         return {"samples": samples}
 
-    loop = train.Loop(
-        setup=setup, batches=batches, name="base_train", tokens_per_step=tokens_per_step, checkpoints=ck, log=log,
-        evaluate=evaluate_fn, eval_every=every, sample=sample_fn, sample_every=tc.sample_every,
-        save_every=tc.save_every, resume=tc.resume, overwrite=tc.overwrite,
-        meta=lambda: {"stage": "base", "train": dataclasses.asdict(tc), "preset": cfg.preset,
-                      "tokenizer_vocab": tok.vocab_size})
-    t0 = time.time()
-    state, summary = train.run(loop)
-    val = {k: summary[k] for k in ("val_bpb", "val_loss")}  # the loop always evaluates at the last step
-    summary.update(val, wall_time_s=time.time() - t0, params=gpt.num_params(mc), tokens=n_iter * tokens_per_step,
-                   tokens_per_step=tokens_per_step, tok_per_sec=n_iter * tokens_per_step / max(summary["train_time_s"], 1e-9),
-                   flops_per_token=gpt.flops_per_token(mc), depth=mc.depth, preset=cfg.preset, source=tc.source)
-    stage.write_summary("base", tag, summary)
-    log_section("base-model-training", summary)
+    state, summary = train.run(
+        train.create_train_state(mc, tc, ctx.mesh, n_iter), lambda step, state: next(batches), name="base_train",
+        ck=ck, log=stage.logger("base", tag), data=batches, evaluate=evaluate_fn, sample=sample_fn,
+        eval_every=math.gcd(*(e for e in (tc.eval_every, core_every) if e > 0)) or -1,
+        meta={"stage": "base", "preset": cfg.preset, "tokenizer_vocab": tok.vocab_size})
+    summary.update(params=gpt.num_params(mc), tokens=tokens, tokens_per_step=tokens_per_step, flops_per_token=fpt,
+                   tok_per_sec=tokens / max(summary["train_time_s"], 1e-9), depth=mc.depth, preset=cfg.preset,
+                   source=tc.source)
     core = f", CORE {summary['core_metric']:.4f}" if core_every > 0 else ""
-    print0(f"[base_train] done: val bpb {val['val_bpb']:.4f}{core}, {summary['tok_per_sec']:,.0f} tokens/s, "
+    print0(f"[base_train] done: val bpb {summary['val_bpb']:.4f}{core}, {summary['tok_per_sec']:,.0f} tokens/s, "
            f"{summary['train_time_s'] / 60:.1f} min of steps")
-    ck.close()
-    return summary
+    return stage.finish("base-model-training", summary, checkpoints=ck)
 
 
 if __name__ == "__main__":

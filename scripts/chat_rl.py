@@ -1,17 +1,13 @@
-"""Reinforcement learning on math (nanochat's chat_rl.py: simplified GRPO = on-policy REINFORCE with a group-mean
-baseline, no KL, no reference model, no ratio clipping).
+"""RL on math (nanochat's chat_rl.py): simplified GRPO = on-policy REINFORCE with a group-mean baseline, no KL, no
+reference model, no ratio clipping. Per step: `examples_per_step` questions × `num_samples` completions sampled WITH
+the calculator tool; reward 1 if the answer after #### is right; advantage = reward − group mean (÷ group std with
+--normalize_std); loss = −Σ logp(sampled token)·advantage / #sampled tokens. Held-out pass@k every --eval_every.
 
     python -m scripts.chat_rl                          # tiny preset: synthetic calculator arithmetic (offline)
     python -m scripts.chat_rl --preset d20             # GSM8K train from the hub
-
-Per step: `examples_per_step` questions × `num_samples` completions sampled by the batched engine WITH the
-calculator tool; reward 1 if the answer after #### is right; advantage = reward − group mean (÷ group std
-with --normalize_std); loss = −Σ logp(sampled token)·advantage / #sampled tokens (prompt, forced tool-output
-and padding tokens excluded). LR × 0.05 decaying to 0. Every --eval_every steps: pass@k on held-out problems.
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 
 import numpy as np
@@ -19,8 +15,7 @@ import numpy as np
 from jaxchat import config as C
 from jaxchat import stage, train
 from jaxchat.checkpoint import Checkpoints
-from jaxchat.common import cli, log_section, print0
-from jaxchat.data import bucket_length
+from jaxchat.common import bucket, cli, print0, read_jsonl
 from jaxchat.engine import Engine
 from jaxchat.tasks import rl_tasks
 from jaxchat.tokenizer import Tokenizer
@@ -33,18 +28,17 @@ def policy_gradient_batch(prompts, seqs, masks, advantages, pad_id: int, buckets
     forced (tool output) and padding positions get target −1. Weights carry each row's advantage, so the
     train step's loss Σ w·nll / #targets is nanochat's −Σ logp·A / #sampled-tokens."""
     rows = [list(p) + list(s) for p, s in zip(prompts, seqs)]
-    T = bucket_length(max(len(r) for r in rows) - 1, buckets)
-    n = len(rows)
-    inputs = np.full((n, T), pad_id, np.int32)
-    targets = np.full((n, T), -1, np.int32)
-    weights = np.zeros((n, T), np.float32)
-    for i, (p, s, m) in enumerate(zip(prompts, seqs, masks)):
+    T = bucket(min(max(len(r) for r in rows) - 1, buckets[-1]), buckets)  # longer rows are cut
+    inputs = np.full((len(rows), T), pad_id, np.int32)
+    targets = np.full((len(rows), T), -1, np.int32)
+    weights = np.zeros((len(rows), T), np.float32)
+    for i, (p, m) in enumerate(zip(prompts, masks)):
         row = rows[i][: T + 1]
-        inputs[i, : len(row) - 1] = row[:-1]
-        sampled = np.asarray([0] * (len(p) - 1) + list(m), bool)[: len(row) - 1]  # target j is row[j + 1]
-        tgt = np.asarray(row[1:], np.int32)
-        targets[i, : len(tgt)] = np.where(sampled, tgt, -1)
-        weights[i, : len(tgt)] = advantages[i]
+        n = len(row) - 1
+        inputs[i, :n] = row[:-1]
+        sampled = np.asarray([0] * (len(p) - 1) + list(m), bool)[:n]  # target j is row[j + 1]
+        targets[i, :n] = np.where(sampled, row[1:], -1)
+        weights[i, :n] = advantages[i]
     return {"inputs": inputs[None], "targets": targets[None], "weights": weights[None]}
 
 
@@ -58,11 +52,9 @@ def group_advantages(rewards: np.ndarray, num_samples: int, normalize_std: bool)
 
 def pass_at_k(engine, task, tok, n_problems: int, k: int, max_new: int, temperature: float, top_k: int, seed: int):
     """pass@1..k on the first n_problems of a held-out task (any of the first j samples correct)."""
-    idx = list(range(min(n_problems, len(task))))
-    convs = [task[i] for i in idx]
-    prompts = [tok.render_for_completion(c) for c in convs]
-    seqs, _ = engine.generate_batch(prompts, num_samples=k, max_tokens=max_new, temperature=temperature,
-                                    top_k=top_k, seed=seed)
+    convs = [task[i] for i in range(min(n_problems, len(task)))]
+    seqs, _ = engine.generate_batch([tok.render_for_completion(c) for c in convs], num_samples=k, max_tokens=max_new,
+                                    temperature=temperature, top_k=top_k, seed=seed)
     correct = np.asarray([task.reward(convs[i // k], tok.decode(s)) > 0 for i, s in enumerate(seqs)]).reshape(-1, k)
     return {f"pass@{j}": float(correct[:, :j].any(axis=1).mean()) for j in range(1, k + 1)}
 
@@ -70,69 +62,52 @@ def pass_at_k(engine, task, tok, n_problems: int, k: int, max_new: int, temperat
 def main(argv=None):
     cfg = C.load(["mesh", "rl"], argv, extra={"source_step": -1})
     ctx = stage.init(cfg.mesh, training=True)
-    tc: C.RLConfig = cfg.rl
-    tok = Tokenizer.load()
+    tc, tok = cfg.rl, Tokenizer.load()
     params, mc, src_meta = stage.load_source(tc.source, tc.model_tag, ctx, cfg.extra.source_step)
-    tag = stage.model_tag(tc.model_tag, mc)
+    tag, E, N = stage.model_tag(tc.model_tag, mc), tc.examples_per_step, tc.num_samples
     train_task, test_task = rl_tasks(online=tc.task == "gsm8k")
-    E, N = tc.examples_per_step, tc.num_samples
-    epoch = len(train_task) // E
-    n_iter = tc.num_iterations if tc.num_iterations > 0 else epoch
+    n_iter = tc.num_iterations if tc.num_iterations > 0 else len(train_task) // E
     stage.banner("chat_rl", source=f"{tc.source} d{mc.depth} step {src_meta.get('step')}",
                  task=f"{type(train_task).__name__} ({len(train_task):,} train / {len(test_task):,} held out)",
                  rollouts=f"{E} questions x {N} samples, <= {tc.max_new_tokens} new tokens, T={tc.temperature}",
                  steps=n_iter)
     order = np.random.default_rng(tc.seed).permutation(len(train_task))
-    setup = train.create_train_state(mc, tc, ctx.mesh, n_iter, params=params)
     pad = tok.encode_special("<|assistant_end|>")
 
-    def rollouts(state, step):
+    def rollouts(step, state):  # the batch: this step's questions, sampled from the current policy
         t0 = time.perf_counter()
-        idx = [int(order[(step * E + j) % len(order)]) for j in range(E)]
-        convs = [train_task[i] for i in idx]
+        convs = [train_task[int(order[(step * E + j) % len(order)])] for j in range(E)]
         prompts = [tok.render_for_completion(c) for c in convs]
-        eng = Engine(state["params"], mc, tok, mesh=ctx.mesh)
-        seqs, masks = eng.generate_batch(prompts, num_samples=N, max_tokens=tc.max_new_tokens,
-                                         temperature=tc.temperature, top_k=tc.top_k, seed=tc.seed * 100_003 + step,
-                                         keep_terminal=True)
+        seqs, masks = Engine(state["params"], mc, tok, mesh=ctx.mesh).generate_batch(
+            prompts, num_samples=N, max_tokens=tc.max_new_tokens, temperature=tc.temperature, top_k=tc.top_k,
+            seed=tc.seed * 100_003 + step, keep_terminal=True)
         dt = time.perf_counter() - t0
         texts = [tok.decode([t for t in s if t != pad]) for s in seqs]
         rewards = np.asarray([train_task.reward(convs[i // N], t) for i, t in enumerate(texts)], np.float32)
         adv = group_advantages(rewards, N, tc.normalize_std)
         batch = policy_gradient_batch([p for p in prompts for _ in range(N)], seqs, masks, adv, pad)
         n_tok = sum(len(s) for s in seqs)
-        return batch, {"reward": float(rewards.mean()), "seq_len": n_tok / len(seqs), "rollout_s": dt,
-                       "rollout_tok_per_sec": n_tok / dt,
-                       "ended": float(np.mean([bool(s) and s[-1] == pad for s in seqs]))}
+        return {**batch, "info": {"reward": float(rewards.mean()), "seq_len": n_tok / len(seqs), "rollout_s": dt,
+                                  "rollout_tok_per_sec": n_tok / dt,
+                                  "ended": float(np.mean([bool(s) and s[-1] == pad for s in seqs]))}}
 
     def evaluate_fn(state, step):
-        eng = Engine(state["params"], mc, tok, mesh=ctx.mesh)
-        return pass_at_k(eng, test_task, tok, tc.eval_examples, min(8, N), tc.max_new_tokens, 1.0, tc.top_k, seed=0)
+        return pass_at_k(Engine(state["params"], mc, tok, mesh=ctx.mesh), test_task, tok, tc.eval_examples, min(8, N),
+                         tc.max_new_tokens, 1.0, tc.top_k, seed=0)
 
-    ck = Checkpoints(stage.out_dir("rl", tag), keep=tc.keep_checkpoints)
-    log = stage.logger("rl", tag)
-    loop = train.Loop(setup=setup, batches=None, batch_fn=rollouts, name="chat_rl", tokens_per_step=1, checkpoints=ck,
-                      log=log, evaluate=evaluate_fn, eval_every=tc.eval_every, save_every=tc.save_every,
-                      resume=tc.resume, overwrite=tc.overwrite, save_data_state=False, show=("reward",),
-                      meta=lambda: {"stage": "rl", "train": dataclasses.asdict(tc), "preset": cfg.preset})
-    t0 = time.time()
-    state, summary = train.run(loop)
-    from jaxchat.common import read_jsonl
-
-    recs = [r for r in read_jsonl(log.path) if r.get("kind") == "train"]
-    by_step = {r["step"]: r for r in recs}
+    ck, log = Checkpoints(stage.out_dir("rl", tag), keep=tc.keep_checkpoints), stage.logger("rl", tag)
+    state, summary = train.run(train.create_train_state(mc, tc, ctx.mesh, n_iter, params=params), rollouts,
+                               name="chat_rl", ck=ck, log=log, evaluate=evaluate_fn, show=("reward",),
+                               meta={"stage": "rl", "preset": cfg.preset})
+    by_step = {r["step"]: r for r in read_jsonl(log.path) if r.get("kind") == "train"}  # a resumed run's last record
     rewards = [by_step[s]["reward"] for s in sorted(by_step)]
     k = min(10, max(1, len(rewards) // 2))
-    summary.update(wall_time_s=time.time() - t0, reward_first=float(np.mean(rewards[:k])),
-                   reward_last=float(np.mean(rewards[-k:])), reward_window=k,
-                   rollout_tok_per_sec=float(np.mean([by_step[s]["rollout_tok_per_sec"] for s in by_step])),
-                   task=type(train_task).__name__, depth=mc.depth)
-    stage.write_summary("rl", tag, summary)
-    log_section("chat-rl", summary)
+    summary.update(reward_first=float(np.mean(rewards[:k])), reward_last=float(np.mean(rewards[-k:])),
+                   reward_window=k, task=type(train_task).__name__, depth=mc.depth,
+                   rollout_tok_per_sec=float(np.mean([r["rollout_tok_per_sec"] for r in by_step.values()])))
     print0(f"[chat_rl] done: mean reward first {k} steps {summary['reward_first']:.3f} -> last {k} steps "
            f"{summary['reward_last']:.3f}; rollouts {summary['rollout_tok_per_sec']:,.0f} tokens/s")
-    ck.close()
-    return summary
+    return stage.finish("chat-rl", summary, checkpoints=ck)
 
 
 if __name__ == "__main__":

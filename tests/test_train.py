@@ -1,4 +1,5 @@
-"""The pure train step: a tiny model learns; accumulation and masking are exact; horizon/batch arithmetic."""
+"""The pure train step: a tiny model learns; accumulation and masking are exact; horizon/batch arithmetic; the loop's
+schedule, log records and exact resume."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +8,8 @@ import pytest
 from jaxchat import model as gpt
 from jaxchat import sharding as shd
 from jaxchat import train
+from jaxchat.checkpoint import Checkpoints
+from jaxchat.common import JsonlLog, read_jsonl
 from jaxchat.config import MeshConfig, ModelConfig, TrainConfig
 
 CFG = ModelConfig(depth=2, vocab_size=64, max_seq_len=16, aspect_ratio=32, head_dim_target=16)
@@ -104,3 +107,29 @@ def test_peak_flops_lookup_is_per_device_kind():
     assert train.device_peak_flops(Dev("NVIDIA GeForce RTX 4090")) == 165e12
     assert train.device_peak_flops(Dev("Mystery Accelerator")) is None
     assert train.device_peak_flops(jax.devices()[0]) is None  # CPU: MFU is not reported rather than guessed
+
+
+def test_loop_schedule_log_and_exact_resume(tmp_path):
+    """next_batch(step, state) feeds the step (its "info" logged with it); evaluation every eval_every steps and
+    at the end; a resumed run continues from the checkpoint with the very same losses."""
+    seqs = np.random.default_rng(3).integers(0, CFG.vocab_size, (4, 1, 2, CFG.max_seq_len + 1), dtype=np.int32)
+    next_batch = lambda step, state: {"inputs": seqs[step, ..., :-1], "targets": seqs[step, ..., 1:],  # noqa: E731
+                                      "info": {"reward": float(step)}}
+    evaluate = lambda state, step: {"val": float(step)}  # noqa: E731
+
+    def run(resume):
+        ck, log = Checkpoints(tmp_path / "ck", keep=5), JsonlLog(tmp_path / "log.jsonl")
+        tc = TrainConfig(num_iterations=4, eval_every=3, save_every=2, resume=resume)
+        _, summary = train.run(make(tc=tc), next_batch, name="t", ck=ck, log=log, evaluate=evaluate, show=("reward",))
+        ck.close()
+        return summary, read_jsonl(log.path)
+
+    summary, log = run(False)
+    train_recs = {r["step"]: r for r in log if r["kind"] == "train"}
+    assert sorted(train_recs) == [0, 1, 2, 3] and [r["reward"] for r in train_recs.values()] == [0.0, 1.0, 2.0, 3.0]
+    assert [r["step"] for r in log if r["kind"] == "eval"] == [3, 4] and summary["val"] == 4.0
+    assert summary["steps"] == 4 and summary["final_loss"] is not None
+    Checkpoints(tmp_path / "ck").delete_after(2)  # as if killed after the step-2 checkpoint
+    _, log2 = run(True)
+    resumed = [r for r in log2 if r["kind"] == "train"][4:]
+    assert [(r["step"], r["loss"]) for r in resumed] == [(s, train_recs[s]["loss"]) for s in (2, 3)]
