@@ -80,7 +80,7 @@ def test_embedded_content(embedded):
 
 def test_embedded_deterministic_and_picklable(embedded):
     before = embedded["train"]["blocks"].specs
-    corpus._EMBEDDED_CACHE.clear()  # rebuild the index from scratch
+    corpus._embedded_groups.cache_clear()  # rebuild the index from scratch
     again = document_blocks("embedded", "train")
     assert again.specs == before
     i = len(before) // 2
