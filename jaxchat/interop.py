@@ -1,112 +1,53 @@
-"""Interop: nanochat (V1) PyTorch checkpoints and tokenizers, and safetensors files.
+"""Interop: nanochat (V1) PyTorch checkpoints and tiktoken tokenizers, and self-contained safetensors files
+(torch, tiktoken and safetensors, the `interop` extra, are imported only when needed).
 
-Everything here that needs torch, tiktoken or safetensors imports it lazily; without them the error says
-``pip install -e '.[interop]'``. The core of jaxchat never needs them.
-
-nanochat checkpoints (``reference/nanochat.md`` §1–2)
------------------------------------------------------
-A nanochat checkpoint folder (e.g. ``~/.cache/nanochat/chatsft_checkpoints/d20/``) holds
-``model_{step:06d}.pt`` (``torch.save`` of the state dict) and ``meta_{step:06d}.json`` whose
-``model_config`` is ``{sequence_len, vocab_size, n_layer, n_head, n_kv_head, n_embd}``. Key mapping
-(torch ``nn.Linear`` weights are ``[out, in]``; jaxchat matrices are ``[in, out]`` with layers stacked on
-a leading axis, so every Linear is transposed and layer ``i`` goes to index ``i``):
-
-    nanochat state-dict key                   shape (torch)      jaxchat param          shape
-    transformer.wte.weight                    [V_pad, D]         wte                    [V, D]
-    transformer.h.{i}.attn.c_q.weight         [H·Dh, D]          blocks.wq[i]           [D, H·Dh]
-    transformer.h.{i}.attn.c_k.weight         [K·Dh, D]          blocks.wk[i]           [D, K·Dh]
-    transformer.h.{i}.attn.c_v.weight         [K·Dh, D]          blocks.wv[i]           [D, K·Dh]
-    transformer.h.{i}.attn.c_proj.weight      [D, H·Dh]          blocks.wo[i]           [H·Dh, D]
-    transformer.h.{i}.mlp.c_fc.weight         [4D, D]            blocks.w_fc[i]         [D, 4D]
-    transformer.h.{i}.mlp.c_proj.weight       [D, 4D]            blocks.w_proj[i]       [4D, D]
-    lm_head.weight                            [V_pad, D]         lm_head                [D, V]
-
-* ``_orig_mod.`` (torch.compile) prefixes are stripped. Rotary ``cos``/``sin`` buffers are not persistent
-  in nanochat, but are ignored if present. Any other key (e.g. nanochat HEAD's value embeddings or
-  per-layer scalars) is an error: only the V1 architecture is supported.
-* Vocab padding: since Dec 2025 nanochat pads the rows of ``wte`` and ``lm_head`` up to a multiple of 64
-  and slices the logits back to ``vocab_size``; the padded rows are never used. On import we keep the first
-  ``vocab_size`` rows (so older unpadded checkpoints load too). On export we pad with zero rows to a
-  multiple of ``pad_vocab_to`` (default 64, as nanochat V1 expects; pass 1 for pre-Dec-2025 nanochat).
-* dtypes: nanochat on CUDA keeps ``wte`` in bfloat16; every tensor is upcast to float32 (exact).
-* Shape: jaxchat derives the model from ``depth`` (width = aspect_ratio·depth, heads =
-  ceil(width / head_dim_target)). The import uses nanochat's defaults (64, 128) when they reproduce the
-  checkpoint's shape and otherwise ``aspect_ratio = n_embd / n_layer`` and ``head_dim_target = n_embd /
-  n_head``; a width that ``n_layer`` does not divide is refused with an error.
-* Numerics: nanochat V1 rounds its rotary cos/sin tables to bfloat16 (even on CPU); jaxchat computes them
-  in float32. The converted model is therefore the same function up to that rounding: its logits match a
-  float32-table implementation of the spec to ~1e-6 relative, nanochat's own bf16-table forward to ~5e-4
-  relative (~2e-3 absolute on tiny random models; greedy argmax agreed on every position measured).
-
-Tokenizers
-----------
-nanochat's ``tokenizer/tokenizer.pkl`` is a pickled ``tiktoken.Encoding`` (mergeable ranks + split pattern
-+ the 9 specials). `NanochatTokenizer` wraps it with the part of ``jaxchat.tokenizer.Tokenizer``'s interface
-the engine, chat_cli, chat_web and evals use. The pickle is read with a restricted unpickler (only
-``tiktoken.Encoding`` can be constructed), so a tokenizer file cannot run arbitrary code. `load_any_tokenizer`
-picks ours (``tokenizer.model``) or nanochat's (``tokenizer.pkl``) from a directory.
-
-safetensors
------------
-`export_safetensors` writes one file: tensors named ``wte``, ``lm_head``, ``blocks.wq``, … (jaxchat's
-layout, layers stacked, float32) and string metadata ``jaxchat_config`` (JSON of the ModelConfig),
-``jaxchat_shape`` (derived dims: n_layer, n_embd, n_head, n_kv_head, head_dim, mlp_dim, vocab_size,
-max_seq_len, rope_theta, softcap, rms_eps) and, when a tokenizer is given, ``tokenizer_kind``
-(``sentencepiece`` | ``tiktoken``), ``tokenizer`` (the sentencepiece model proto base64-encoded, or a JSON
-of the tiktoken ranks/pattern/specials) and ``special_tokens`` (JSON name → id). The tokenizer is embedded
-in the *metadata* (not a sidecar file, not a tensor) so the file is self-contained and its tensors are
-exactly the params. ``scripts/run_numpy.py`` runs such a file with NumPy alone.
+Since Dec 2025 nanochat pads the vocab rows of wte / lm_head to a multiple of 64 (never used): the import keeps
+the first vocab_size rows, the export pads with zeros. nanochat V1 rounds its rotary tables to bfloat16, jaxchat
+keeps float32: logits agree to ~5e-4 relative (~1e-6 against a float32-table implementation of the spec).
 """
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
+import importlib
 import io
 import json
 import pickle
 import re
 from pathlib import Path
-from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from jaxchat import config as C
+from jaxchat import model as gpt
+from jaxchat.checkpoint import Checkpoints, load_model, stage_dir
 from jaxchat.config import ConfigError, ModelConfig
-from jaxchat.tokenizer import SPECIAL_TOKENS, TOKENIZER_FILENAME, Tokenizer
+from jaxchat.tokenizer import SPECIAL_TOKENS, TOKENIZER_FILENAME, Tokenizer, default_tokenizer_dir
 
-INSTALL_HINT = "pip install -e '.[interop]'  (torch==2.13.0, tiktoken==0.14.0, safetensors==0.8.0)"
-ORIG_MOD = "_orig_mod."
 NANOCHAT_TOKENIZER_FILENAME = "tokenizer.pkl"
 NANOCHAT_TOKENIZER_MARKER = "nanochat_tokenizer.json"  # written next to a copied tokenizer.pkl
-LAYER_KEYS = {  # jaxchat blocks.<name>  ←→  nanochat transformer.h.{i}.<key>   (transposed)
-    "wq": "attn.c_q.weight",
-    "wk": "attn.c_k.weight",
-    "wv": "attn.c_v.weight",
-    "wo": "attn.c_proj.weight",
-    "w_fc": "mlp.c_fc.weight",
-    "w_proj": "mlp.c_proj.weight",
-}
-_IGNORED_SUFFIXES = ("cos", "sin")  # rotary buffers (non-persistent in nanochat; tolerated)
+# jaxchat blocks.<name> [layer, in, out]  ←→  nanochat transformer.h.{i}.<key> [out, in]
+LAYER_KEYS = {"wq": "attn.c_q.weight", "wk": "attn.c_k.weight", "wv": "attn.c_v.weight", "wo": "attn.c_proj.weight",
+              "w_fc": "mlp.c_fc.weight", "w_proj": "mlp.c_proj.weight"}
 
 
 class InteropError(ValueError):
     """A checkpoint/tokenizer that cannot be converted; the message says why and what would work."""
 
 
-def _require(module: str):
-    import importlib
-
+def _require(module: str):  # an optional dependency (the interop extra): imported here, with how to install it
     try:
         return importlib.import_module(module)
     except ImportError as e:
-        raise ImportError(f"{module} is needed for nanochat/safetensors interop: {INSTALL_HINT}") from e
-
-
-def _np(x) -> np.ndarray:
-    return np.asarray(x)
+        raise ImportError(f"{module} is needed for nanochat/safetensors interop: pip install -e '.[interop]'  "
+                          "(torch==2.13.0, tiktoken==0.14.0, safetensors==0.8.0)") from e
 
 
 # ----------------------------------------------------------------------------------------------------
-# Config mapping
+# configs and params
 
 
 def nanochat_model_config(cfg: ModelConfig) -> dict:
@@ -116,71 +57,47 @@ def nanochat_model_config(cfg: ModelConfig) -> dict:
 
 
 def config_from_nanochat(mc: dict, **overrides) -> ModelConfig:
-    """nanochat model_config → a depth-derived ModelConfig with exactly that shape (or InteropError)."""
+    """nanochat model_config → a depth-derived ModelConfig of exactly that shape (nanochat's defaults first)."""
     try:
         L, D, H = int(mc["n_layer"]), int(mc["n_embd"]), int(mc["n_head"])
         V, T = int(mc["vocab_size"]), int(mc["sequence_len"])
         K = int(mc.get("n_kv_head") or H)
     except KeyError as e:
         raise InteropError(f"nanochat model_config lacks {e.args[0]!r}: {mc}") from None
-    if D % H:
-        raise InteropError(f"n_embd={D} is not a multiple of n_head={H}")
-    if H % K:
-        raise InteropError(f"n_kv_head={K} must divide n_head={H}")
+    if D % H or H % K:
+        raise InteropError(f"n_head={H} must divide n_embd={D}, and n_kv_head={K} must divide n_head")
     if D % L:
         raise InteropError(f"n_embd={D} is not a multiple of n_layer={L}: jaxchat derives the width as "
                            f"aspect_ratio·depth, so this shape cannot be expressed")
-    want = (L, D, H, D // H, K)
-    candidates = [(64, 128), (D // L, 128), (64, D // H), (D // L, D // H)]  # nanochat defaults first
-    for ar, hdt in candidates:
+    for ar, hdt in [(64, 128), (D // L, 128), (64, D // H), (D // L, D // H)]:
         try:
             cfg = ModelConfig(depth=L, vocab_size=V, max_seq_len=T, aspect_ratio=ar, head_dim_target=hdt,
                               n_kv_head=0 if K == H else K, **overrides)
         except ConfigError:  # e.g. n_kv_head does not divide this candidate's head count
             continue
-        if (cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.head_dim, cfg.kv_heads) == want:
+        if (cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.head_dim, cfg.kv_heads) == (L, D, H, D // H, K):
             return cfg
-    raise InteropError(f"no depth-derived jaxchat config reproduces {mc}")  # unreachable for valid shapes
+    raise InteropError(f"no depth-derived jaxchat config reproduces {mc}")
 
 
 def shape_summary(cfg: ModelConfig) -> dict:
-    """The derived dimensions a standalone runner needs (no jaxchat import required to read them)."""
+    """The derived dimensions a standalone runner needs (scripts/run_numpy.py)."""
     return {"n_layer": cfg.n_layer, "n_embd": cfg.n_embd, "n_head": cfg.n_head, "n_kv_head": cfg.kv_heads,
             "head_dim": cfg.head_dim, "mlp_dim": cfg.mlp_dim, "vocab_size": cfg.vocab_size,
             "max_seq_len": cfg.max_seq_len, "rope_theta": cfg.rope_theta, "softcap": cfg.softcap,
             "rms_eps": float(np.finfo(np.float32).eps)}
 
 
-def config_from_dict(d: dict) -> ModelConfig:
-    from jaxchat import config as C
-
-    return C.build(ModelConfig, d, where="jaxchat_config: ")
-
-
-def _expected_shapes(cfg: ModelConfig) -> dict:
-    L, D, V, F = cfg.n_layer, cfg.n_embd, cfg.vocab_size, cfg.mlp_dim
-    HD, KD = cfg.n_head * cfg.head_dim, cfg.kv_heads * cfg.head_dim
-    return {"wte": (V, D), "lm_head": (D, V),
-            "blocks": {"wq": (L, D, HD), "wk": (L, D, KD), "wv": (L, D, KD), "wo": (L, HD, D),
-                       "w_fc": (L, D, F), "w_proj": (L, F, D)}}
-
-
 def check_params(params: dict, cfg: ModelConfig) -> None:
-    exp = _expected_shapes(cfg)
-    got = {"wte": tuple(np.shape(params["wte"])), "lm_head": tuple(np.shape(params["lm_head"])),
-           "blocks": {k: tuple(np.shape(v)) for k, v in params["blocks"].items()}}
-    if got != exp:
-        raise InteropError(f"params do not match the config: expected {exp}, got {got}")
-
-
-# ----------------------------------------------------------------------------------------------------
-# State dicts (numpy, nanochat key names, torch [out, in] layout)
+    want, got = (jax.tree.map(lambda x: tuple(np.shape(x)), tree) for tree in (gpt.param_shapes(cfg), params))
+    if got != want:
+        raise InteropError(f"params do not match the config: expected {want}, got {got}")
 
 
 def state_dict_to_params(sd: dict[str, np.ndarray], cfg: ModelConfig) -> dict:
-    """nanochat state dict (numpy float32 values; `_orig_mod.` prefixes allowed) → jaxchat params (numpy)."""
-    sd = {k.removeprefix(ORIG_MOD): v for k, v in sd.items()}
-    L, V = cfg.n_layer, cfg.vocab_size
+    """nanochat state dict (numpy; torch.compile's `_orig_mod.` prefixes allowed) → jaxchat params (numpy
+    float32). Rotary cos/sin buffers are ignored; any other unknown key (a post-V1 architecture) is an error."""
+    sd = {k.removeprefix("_orig_mod."): v for k, v in sd.items()}
     used = set()
 
     def take(key):
@@ -189,18 +106,12 @@ def state_dict_to_params(sd: dict[str, np.ndarray], cfg: ModelConfig) -> dict:
         used.add(key)
         return np.asarray(sd[key], np.float32)
 
-    def vocab_rows(key):
-        w = take(key)
-        if w.ndim != 2 or w.shape[0] < V:
-            raise InteropError(f"{key} has shape {w.shape}; expected [>= vocab_size={V}, n_embd]")
-        return w[:V]  # drop nanochat's padding rows (unused: logits are sliced to vocab_size)
-
-    params = {"wte": np.ascontiguousarray(vocab_rows("transformer.wte.weight")),
-              "lm_head": np.ascontiguousarray(vocab_rows("lm_head.weight").T),
-              "blocks": {}}
-    for name, key in LAYER_KEYS.items():
-        params["blocks"][name] = np.stack([take(f"transformer.h.{i}.{key}").T for i in range(L)])
-    extra = [k for k in sd if k not in used and not k.endswith(_IGNORED_SUFFIXES)]
+    V = cfg.vocab_size  # nanochat's padding rows (never used) are dropped; check_params catches too few
+    params = {"wte": np.ascontiguousarray(take("transformer.wte.weight")[:V]),
+              "lm_head": np.ascontiguousarray(take("lm_head.weight")[:V].T),
+              "blocks": {name: np.stack([take(f"transformer.h.{i}.{key}").T for i in range(cfg.n_layer)])
+                         for name, key in LAYER_KEYS.items()}}
+    extra = [k for k in sd if k not in used and not k.endswith(("cos", "sin"))]
     if extra:
         raise InteropError(f"unexpected state-dict keys (not nanochat V1's architecture?): {extra[:10]}")
     check_params(params, cfg)
@@ -209,35 +120,25 @@ def state_dict_to_params(sd: dict[str, np.ndarray], cfg: ModelConfig) -> dict:
 
 def params_to_state_dict(params: dict, cfg: ModelConfig, *, pad_vocab_to: int = 64) -> dict[str, np.ndarray]:
     """jaxchat params → nanochat state dict (numpy float32, [out, in], vocab rows zero-padded to a multiple
-    of `pad_vocab_to`)."""
+    of `pad_vocab_to`: 64 for nanochat V1, 1 for pre-Dec-2025 nanochat)."""
     check_params(params, cfg)
-    V, D = cfg.vocab_size, cfg.n_embd
-    Vp = -(-V // max(1, pad_vocab_to)) * max(1, pad_vocab_to)
-
-    def pad(w_VxD):
-        out = np.zeros((Vp, D), np.float32)
-        out[:V] = w_VxD
-        return out
-
-    sd = {"transformer.wte.weight": pad(_np(params["wte"]))}
-    blocks = {k: _np(v) for k, v in params["blocks"].items()}
-    for i in range(cfg.n_layer):
-        for name, key in LAYER_KEYS.items():
-            sd[f"transformer.h.{i}.{key}"] = np.ascontiguousarray(blocks[name][i].T, np.float32)
-    sd["lm_head.weight"] = pad(_np(params["lm_head"]).T)
+    rows = -(-cfg.vocab_size // max(1, pad_vocab_to)) * max(1, pad_vocab_to) - cfg.vocab_size
+    pad = lambda w_VxD: np.pad(np.asarray(w_VxD, np.float32), ((0, rows), (0, 0)))  # noqa: E731
+    sd = {"transformer.wte.weight": pad(params["wte"])}
+    blocks = jax.tree.map(np.asarray, params["blocks"])
+    sd.update({f"transformer.h.{i}.{key}": np.ascontiguousarray(blocks[name][i].T, np.float32)
+               for i in range(cfg.n_layer) for name, key in LAYER_KEYS.items()})
+    sd["lm_head.weight"] = pad(np.asarray(params["lm_head"]).T)
     return sd
 
 
 # ----------------------------------------------------------------------------------------------------
-# nanochat checkpoint folders
-
-
-_STEP_RE = re.compile(r"^model_(\d+)\.pt$")
+# checkpoint folders: nanochat's (model_{step:06d}.pt, torch.save of the state dict, + meta_{step:06d}.json), ours
 
 
 def nanochat_steps(directory: str | Path) -> list[int]:
-    d = Path(directory)
-    return sorted(int(m.group(1)) for p in d.glob("model_*.pt") if (m := _STEP_RE.match(p.name)))
+    matches = (re.match(r"^model_(\d+)\.pt$", p.name) for p in Path(directory).glob("model_*.pt"))
+    return sorted(int(m[1]) for m in matches if m)
 
 
 def find_nanochat_dir(path: str | Path) -> Path:
@@ -250,32 +151,13 @@ def find_nanochat_dir(path: str | Path) -> Path:
     tags = [t for t in p.iterdir() if t.is_dir() and nanochat_steps(t)]
     if not tags:
         raise InteropError(f"{p} has no model_XXXXXX.pt files (nor model-tag folders holding them)")
-
-    def depth(t):
-        m = re.match(r"^d(\d+)$", t.name)
-        return int(m.group(1)) if m else -1
-
+    depth = lambda t: int(m[1]) if (m := re.match(r"^d(\d+)$", t.name)) else -1  # noqa: E731
     return max(tags, key=lambda t: (depth(t), t.stat().st_mtime))
 
 
-def read_nanochat_state_dict(path: str | Path) -> dict[str, np.ndarray]:
-    """torch.load (weights only, CPU) → numpy float32 arrays (bf16 tensors upcast exactly)."""
-    torch = _require("torch")
-    sd = torch.load(str(path), map_location="cpu", weights_only=True)
-    if not isinstance(sd, dict):
-        raise InteropError(f"{path} is not a state dict (got {type(sd).__name__})")
-    out = {}
-    for k, v in sd.items():
-        if not hasattr(v, "detach"):
-            raise InteropError(f"{path}: entry {k!r} is not a tensor ({type(v).__name__})")
-        out[k] = v.detach().to(torch.float32).cpu().numpy()
-    return out
-
-
 def load_nanochat(path: str | Path, step: int | None = None) -> tuple[dict, ModelConfig, dict]:
-    """Read a nanochat checkpoint → (params as numpy float32, ModelConfig, meta). `step=None` takes the
-    latest ``model_XXXXXX.pt``. When the meta was written by `save_nanochat` its ``jaxchat.model`` config is
-    used (if it has the same shape), so jaxchat → nanochat → jaxchat returns the identical config."""
+    """A nanochat checkpoint (latest step unless `step`) → (numpy params, ModelConfig, meta). A meta written by
+    `save_nanochat` gives back its jaxchat config (when the shape agrees): the round trip keeps the config."""
     d = find_nanochat_dir(path)
     steps = nanochat_steps(d)
     step = steps[-1] if step is None else int(step)
@@ -288,48 +170,35 @@ def load_nanochat(path: str | Path, step: int | None = None) -> tuple[dict, Mode
     if "model_config" not in meta:
         raise InteropError(f"{meta_path} has no model_config")
     cfg = config_from_nanochat(meta["model_config"])
-    saved = (meta.get("jaxchat") or {}).get("model")
-    if saved:
-        try:
-            mine = config_from_dict(saved)
-            if nanochat_model_config(mine) == nanochat_model_config(cfg):
-                cfg = mine
-        except Exception:  # a foreign or stale block: the nanochat fields rule
-            pass
-    params = state_dict_to_params(read_nanochat_state_dict(d / f"model_{step:06d}.pt"), cfg)
-    meta = dict(meta, step=meta.get("step", step))
-    return params, cfg, meta
+    try:
+        mine = C.build(ModelConfig, meta["jaxchat"]["model"])
+        cfg = mine if nanochat_model_config(mine) == nanochat_model_config(cfg) else cfg
+    except Exception:  # no jaxchat block, or a foreign or stale one: the nanochat fields rule
+        pass
+    torch = _require("torch")
+    sd = torch.load(str(d / f"model_{step:06d}.pt"), map_location="cpu", weights_only=True)
+    sd = {k: v.detach().to(torch.float32).numpy() for k, v in sd.items()}  # bf16 (nanochat on CUDA) upcast exactly
+    return state_dict_to_params(sd, cfg), cfg, dict(meta, step=meta.get("step", step))
 
 
 def save_nanochat(params: dict, cfg: ModelConfig, directory: str | Path, step: int, *, meta: dict | None = None,
                   pad_vocab_to: int = 64) -> tuple[Path, Path]:
-    """Write ``model_{step:06d}.pt`` + ``meta_{step:06d}.json`` in nanochat's layout (loadable by nanochat V1's
-    checkpoint manager with strict=True). Returns the two paths."""
+    """Write model_{step:06d}.pt + meta_{step:06d}.json, loadable by nanochat V1 (strict=True)."""
     torch = _require("torch")
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    sd = {k: torch.from_numpy(v) for k, v in params_to_state_dict(params, cfg, pad_vocab_to=pad_vocab_to).items()}
     mp, jp = d / f"model_{step:06d}.pt", d / f"meta_{step:06d}.json"
-    torch.save(sd, str(mp))
-    m = {"step": int(step), "model_config": nanochat_model_config(cfg), "user_config": {},
-         "jaxchat": {"model": dataclasses.asdict(cfg), "pad_vocab_to": pad_vocab_to}}
-    m.update(meta or {})
-    jp.write_text(json.dumps(m, indent=2))
+    sd = params_to_state_dict(params, cfg, pad_vocab_to=pad_vocab_to)
+    torch.save({k: torch.from_numpy(v) for k, v in sd.items()}, str(mp))
+    jp.write_text(json.dumps({"step": int(step), "model_config": nanochat_model_config(cfg), "user_config": {},
+                              "jaxchat": {"model": dataclasses.asdict(cfg), "pad_vocab_to": pad_vocab_to},
+                              **(meta or {})}, indent=2))
     return mp, jp
-
-
-# ----------------------------------------------------------------------------------------------------
-# jaxchat checkpoint folders
 
 
 def save_jaxchat(params: dict, cfg: ModelConfig, stage: str, model_tag: str, step: int, *, meta: dict | None = None,
                  overwrite: bool = False) -> Path:
-    """Save params as a jaxchat checkpoint under ``base_dir()/<stage>_checkpoints/<model_tag>/<step>`` so
-    chat_cli/chat_web/chat_eval load it with ``--source=<stage> --model_tag=<model_tag>``."""
-    import jax.numpy as jnp
-
-    from jaxchat.checkpoint import Checkpoints, stage_dir
-
+    """Save params as the jaxchat checkpoint that ``--source=<stage> --model_tag=<model_tag>`` loads."""
     check_params(params, cfg)
     d = stage_dir(stage, model_tag)
     ck = Checkpoints(d, keep=0, async_save=False)
@@ -337,9 +206,8 @@ def save_jaxchat(params: dict, cfg: ModelConfig, stage: str, model_tag: str, ste
         if ck.steps() and not overwrite:
             raise InteropError(f"{d} already holds checkpoints {ck.steps()}; pick another model tag or "
                                "overwrite (--force)")
-        arrays = {"wte": jnp.asarray(params["wte"]), "lm_head": jnp.asarray(params["lm_head"]),
-                  "blocks": {k: jnp.asarray(v) for k, v in params["blocks"].items()}}
-        ck.save(int(step), params=arrays, meta=dict(meta or {}, model=dataclasses.asdict(cfg)))
+        meta = dict(meta or {}, model=dataclasses.asdict(cfg))
+        ck.save(int(step), params=jax.tree.map(jnp.asarray, params), meta=meta)
     finally:
         ck.close()
     return d
@@ -347,62 +215,46 @@ def save_jaxchat(params: dict, cfg: ModelConfig, stage: str, model_tag: str, ste
 
 def load_jaxchat(stage: str, model_tag: str | None = None, step: int | None = None) -> tuple[dict, ModelConfig, dict]:
     """A jaxchat checkpoint → (params as numpy, ModelConfig, meta) on one host."""
-    from jaxchat.checkpoint import load_model
-
     params, cfg, meta = load_model(stage, model_tag, step)
-    return _to_numpy(params), cfg, meta
-
-
-def _to_numpy(params: dict) -> dict:
-    return {"wte": _np(params["wte"]), "lm_head": _np(params["lm_head"]),
-            "blocks": {k: _np(v) for k, v in params["blocks"].items()}}
+    return jax.tree.map(np.asarray, params), cfg, meta
 
 
 # ----------------------------------------------------------------------------------------------------
-# safetensors
+# safetensors: tensors wte, lm_head, blocks.<name> (jaxchat's layout) and metadata jaxchat_config, jaxchat_shape
+# and (optionally) tokenizer_kind, tokenizer, special_tokens: self-contained, and its tensors are exactly the params
 
 
 def flatten_params(params: dict) -> dict[str, np.ndarray]:
     flat = {"wte": params["wte"], "lm_head": params["lm_head"]}
     flat.update({f"blocks.{k}": v for k, v in params["blocks"].items()})
-    return {k: np.ascontiguousarray(_np(v)) for k, v in flat.items()}
+    return {k: np.ascontiguousarray(np.asarray(v)) for k, v in flat.items()}
 
 
 def unflatten_params(flat: dict[str, np.ndarray]) -> dict:
-    params: dict[str, Any] = {"blocks": {}}
-    for k, v in flat.items():
-        if k.startswith("blocks."):
-            params["blocks"][k[len("blocks."):]] = v
-        else:
-            params[k] = v
-    return params
+    params = {k: v for k, v in flat.items() if not k.startswith("blocks.")}
+    return dict(params, blocks={k.removeprefix("blocks."): v for k, v in flat.items() if k.startswith("blocks.")})
 
 
 def tokenizer_metadata(tokenizer) -> dict[str, str]:
-    """String metadata that embeds a tokenizer (ours or nanochat's) in a safetensors header."""
-    special = {name: int(tokenizer.encode_special(name)) for name in SPECIAL_TOKENS}
+    """String metadata that embeds a tokenizer: the sentencepiece proto (base64), or tiktoken's ranks as JSON."""
     if isinstance(tokenizer, NanochatTokenizer):
         enc = tokenizer.enc
         ranks = [[base64.b64encode(b).decode("ascii"), r] for b, r in enc._mergeable_ranks.items()]
         blob = json.dumps({"name": enc.name, "pat_str": enc._pat_str, "special_tokens": enc._special_tokens,
                            "mergeable_ranks": ranks})
         kind = "tiktoken"
-    elif hasattr(tokenizer, "model_proto"):
-        blob, kind = base64.b64encode(tokenizer.model_proto).decode("ascii"), "sentencepiece"
     else:
-        raise InteropError(f"cannot embed a {type(tokenizer).__name__}; pass a jaxchat Tokenizer or NanochatTokenizer")
-    return {"tokenizer_kind": kind, "tokenizer": blob, "special_tokens": json.dumps(special)}
+        blob, kind = base64.b64encode(tokenizer.model_proto).decode("ascii"), "sentencepiece"
+    special = json.dumps({name: int(tokenizer.encode_special(name)) for name in SPECIAL_TOKENS})
+    return {"tokenizer_kind": kind, "tokenizer": blob, "special_tokens": special}
 
 
 def export_safetensors(params: dict, cfg: ModelConfig, path: str | Path, tokenizer=None) -> Path:
-    """One .safetensors file: float32 tensors ``wte``, ``lm_head``, ``blocks.<name>`` (jaxchat layout) with
-    metadata ``jaxchat_config`` / ``jaxchat_shape`` (JSON) and, optionally, the tokenizer (see module doc)."""
+    """One self-contained .safetensors file (see above); ``scripts/run_numpy.py`` runs it with NumPy alone."""
     st = _require("safetensors.numpy")
     check_params(params, cfg)
     meta = {"format": "np", "jaxchat_config": json.dumps(dataclasses.asdict(cfg)),
-            "jaxchat_shape": json.dumps(shape_summary(cfg))}
-    if tokenizer is not None:
-        meta.update(tokenizer_metadata(tokenizer))
+            "jaxchat_shape": json.dumps(shape_summary(cfg)), **(tokenizer_metadata(tokenizer) if tokenizer else {})}
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     st.save_file(flatten_params(params), str(p), metadata=meta)
@@ -410,19 +262,17 @@ def export_safetensors(params: dict, cfg: ModelConfig, path: str | Path, tokeniz
 
 
 def safetensors_metadata(path: str | Path) -> dict[str, str]:
-    safetensors = _require("safetensors")
-    with safetensors.safe_open(str(path), framework="np") as f:
+    with _require("safetensors").safe_open(str(path), framework="np") as f:
         return dict(f.metadata() or {})
 
 
 def import_safetensors(path: str | Path) -> tuple[dict, ModelConfig]:
     """A file written by `export_safetensors` → (params as numpy arrays, ModelConfig)."""
-    st = _require("safetensors.numpy")
     meta = safetensors_metadata(path)
     if "jaxchat_config" not in meta:
         raise InteropError(f"{path} has no jaxchat_config metadata (not exported by jaxchat)")
-    cfg = config_from_dict(json.loads(meta["jaxchat_config"]))
-    params = unflatten_params(st.load_file(str(path)))
+    cfg = C.build(ModelConfig, json.loads(meta["jaxchat_config"]), where="jaxchat_config: ")
+    params = unflatten_params(_require("safetensors.numpy").load_file(str(path)))
     check_params(params, cfg)
     return params, cfg
 
@@ -431,114 +281,69 @@ def safetensors_tokenizer(path: str | Path):
     """The tokenizer embedded in an exported file (Tokenizer or NanochatTokenizer), or None."""
     meta = safetensors_metadata(path)
     kind = meta.get("tokenizer_kind")
-    if kind is None:
-        return None
     if kind == "sentencepiece":
         return Tokenizer(base64.b64decode(meta["tokenizer"]))
     if kind == "tiktoken":
-        tiktoken = _require("tiktoken")
         d = json.loads(meta["tokenizer"])
         ranks = {base64.b64decode(b): int(r) for b, r in d["mergeable_ranks"]}
-        return NanochatTokenizer(tiktoken.Encoding(d["name"], pat_str=d["pat_str"], mergeable_ranks=ranks,
-                                                   special_tokens=d["special_tokens"]))
-    raise InteropError(f"unknown tokenizer_kind {kind!r} in {path}")
+        return NanochatTokenizer(_require("tiktoken").Encoding(d["name"], pat_str=d["pat_str"], mergeable_ranks=ranks,
+                                                               special_tokens=d["special_tokens"]))
+    if kind is not None:
+        raise InteropError(f"unknown tokenizer_kind {kind!r} in {path}")
 
 
 # ----------------------------------------------------------------------------------------------------
-# nanochat's tokenizer
+# nanochat's tokenizer: tokenizer/tokenizer.pkl, a pickled tiktoken.Encoding (ranks, split pattern, 9 specials)
 
 
 class _EncodingUnpickler(pickle.Unpickler):
-    """Only what a pickled tiktoken.Encoding needs; anything else in the file is refused."""
+    """Only what a pickled tiktoken.Encoding needs: a tokenizer file cannot run arbitrary code."""
 
     ALLOWED = {("tiktoken.core", "Encoding"), ("copyreg", "_reconstructor"), ("builtins", "object"),
                ("_codecs", "encode")}
 
     def find_class(self, module, name):
-        if (module, name) in self.ALLOWED:
-            if module == "tiktoken.core":
-                _require("tiktoken")
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name} from a tokenizer file")
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name} from a tokenizer file")
+        return super().find_class(module, name)
 
 
 class NanochatTokenizer:
-    """nanochat's tiktoken tokenizer behind jaxchat's Tokenizer interface (the subset the engine, chat_cli,
-    chat_web, evals and data rendering use): ``vocab_size``, ``bos_id``, ``special_ids``, ``encode``,
-    ``decode``, ``encode_special``, ``token_bytes``, ``render_conversation``, ``render_for_completion``.
-    Text is always encoded as ordinary text (special-token strings typed by a user stay plain text)."""
+    """nanochat's tiktoken tokenizer behind the part of jaxchat's Tokenizer interface that the engine, chat_cli,
+    chat_web, evals and data rendering use. Text is always ordinary text (typed special-token strings stay text)."""
 
     def __init__(self, encoding):
         self.enc = encoding
-        self.special_ids: dict[str, int] = {}
-        for name in SPECIAL_TOKENS:
-            try:
-                self.special_ids[name] = int(encoding.encode_single_token(name))
-            except KeyError:
-                raise InteropError(f"not a nanochat tokenizer: special token {name!r} is missing") from None
-        self.bos_id = self.special_ids["<|bos|>"]
+        missing = [s for s in SPECIAL_TOKENS if s not in encoding.special_tokens_set]
+        if missing:
+            raise InteropError(f"not a nanochat tokenizer: special tokens {missing} are missing")
+        self.special_ids = {s: int(encoding.encode_single_token(s)) for s in SPECIAL_TOKENS}
+        self.bos_id, self.vocab_size = self.special_ids["<|bos|>"], int(encoding.n_vocab)
         self._token_bytes: np.ndarray | None = None
 
-    # --- construction
     @classmethod
     def from_file(cls, path: str | Path) -> "NanochatTokenizer":
-        """Load ``tokenizer.pkl``: a pickled tiktoken.Encoding, or a pickled dict with mergeable_ranks,
-        pat_str (or pattern) and special_tokens."""
+        """A pickled tiktoken.Encoding, or a pickled dict of mergeable_ranks, pat_str / pattern, special_tokens."""
         tiktoken = _require("tiktoken")
         obj = _EncodingUnpickler(io.BytesIO(Path(path).read_bytes())).load()
         if isinstance(obj, tiktoken.Encoding):
             return cls(obj)
         if isinstance(obj, dict) and "mergeable_ranks" in obj:
-            pat = obj.get("pat_str", obj.get("pattern"))
-            specials = obj.get("special_tokens") or {}
-            if not specials:  # nanochat appends its specials after the merges
-                n = len(obj["mergeable_ranks"])
-                specials = {s: n + i for i, s in enumerate(SPECIAL_TOKENS)}
-            return cls(tiktoken.Encoding(obj.get("name", "nanochat"), pat_str=pat,
+            n = len(obj["mergeable_ranks"])  # nanochat's specials follow the merges
+            specials = obj.get("special_tokens") or {s: n + i for i, s in enumerate(SPECIAL_TOKENS)}
+            return cls(tiktoken.Encoding(obj.get("name", "nanochat"), pat_str=obj.get("pat_str", obj.get("pattern")),
                                          mergeable_ranks=obj["mergeable_ranks"], special_tokens=specials))
         raise InteropError(f"{path}: not a tiktoken Encoding or a mergeable-ranks dict ({type(obj).__name__})")
 
-    @classmethod
-    def from_directory(cls, directory: str | Path) -> "NanochatTokenizer":
-        return cls.from_file(Path(directory) / NANOCHAT_TOKENIZER_FILENAME)
-
-    def save(self, path: str | Path) -> Path:
-        """Pickle the Encoding (nanochat's own format)."""
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(pickle.dumps(self.enc))
-        return p
-
-    # --- vocabulary
-    @property
-    def vocab_size(self) -> int:
-        return int(self.enc.n_vocab)
-
-    def __len__(self) -> int:
-        return self.vocab_size
-
-    encode_special = Tokenizer.encode_special  # same lookup and error over self.special_ids
-
     def token_bytes(self) -> np.ndarray:
-        """int32 [vocab]: UTF-8 bytes per token, 0 for specials (nanochat's token_bytes)."""
+        """int32 [vocab]: UTF-8 bytes per token, 0 for specials and holes in the id space (nanochat's)."""
         if self._token_bytes is None:
             special = {int(self.enc.encode_single_token(s)) for s in self.enc.special_tokens_set}
-            out = np.zeros(self.vocab_size, np.int32)
-            for i in range(self.vocab_size):
-                if i in special:
-                    continue
-                try:
-                    out[i] = len(self.enc.decode_single_token_bytes(i))
-                except KeyError:  # a hole in the id space
-                    pass
-            self._token_bytes = out
+            self._token_bytes = np.zeros(self.vocab_size, np.int32)
+            for i in set(range(self.vocab_size)) - special:
+                with contextlib.suppress(KeyError):  # a hole in the id space
+                    self._token_bytes[i] = len(self.enc.decode_single_token_bytes(i))
         return self._token_bytes.copy()
-
-    # --- encode / decode
-    def _resolve(self, tok):
-        if tok is None:
-            return None
-        return self.encode_special(tok) if isinstance(tok, str) else int(tok)
 
     def _encode_many(self, texts: list[str], num_threads: int | None) -> list[list[int]]:
         if len(texts) <= 8 or num_threads == 1:
@@ -546,35 +351,26 @@ class NanochatTokenizer:
         return self.enc.encode_ordinary_batch(texts, num_threads=num_threads or 8)
 
     def encode(self, text, prepend=None, append=None, num_threads: int | None = None):
-        pre, app = self._resolve(prepend), self._resolve(append)
         single = isinstance(text, str)
-        if not single and not isinstance(text, (list, tuple)):
-            raise TypeError(f"encode expects str or list of str, got {type(text).__name__}")
-        out = self._encode_many([text] if single else list(text), None if single else num_threads)
-        head = [pre] if pre is not None else []
-        tail = [app] if app is not None else []
-        out = [head + list(ids) + tail for ids in out]
+        head, tail = ([] if t is None else [self.encode_special(t) if isinstance(t, str) else int(t)]
+                      for t in (prepend, append))
+        out = [head + list(ids) + tail for ids in self._encode_many([text] if single else list(text),
+                                                                    None if single else num_threads)]
         return out[0] if single else out
 
     def decode(self, ids) -> str:
-        if hasattr(ids, "tolist"):
-            ids = ids.tolist()
-        return self.enc.decode([int(i) for i in ids])  # errors="replace" (half characters → U+FFFD)
+        return self.enc.decode([int(i) for i in (ids.tolist() if hasattr(ids, "tolist") else ids)])
 
-    # --- chat rendering: jaxchat's own code (it reads only `special_ids` and `_encode_many`)
+    # jaxchat's own code: it reads only `special_ids` and `_encode_many`
+    encode_special = Tokenizer.encode_special
     render_conversation = Tokenizer.render_conversation
     render_for_completion = Tokenizer.render_for_completion
 
 
 def install_nanochat_tokenizer(src: str | Path, directory: str | Path | None = None, *, force: bool = False) -> Path:
-    """Copy nanochat's tokenizer.pkl (a file, or a folder holding it) into `directory` (default
-    ``base_dir()/tokenizer``) with a marker file, so `load_any_tokenizer` picks it. Refuses to shadow an
-    existing jaxchat ``tokenizer.model`` unless `force` (use a separate JAXCHAT_BASE_DIR instead)."""
-    from jaxchat.tokenizer import default_tokenizer_dir
-
-    src = Path(src)
-    if src.is_dir():
-        src = src / NANOCHAT_TOKENIZER_FILENAME
+    """Copy nanochat's tokenizer.pkl (a file, or its folder) into `directory` (default base_dir()/tokenizer) with
+    a marker file, so `load_any_tokenizer` picks it; never over a jaxchat tokenizer.model unless `force`."""
+    src = Path(src) / NANOCHAT_TOKENIZER_FILENAME if Path(src).is_dir() else Path(src)
     tok = NanochatTokenizer.from_file(src)  # validate before copying
     d = Path(directory) if directory is not None else default_tokenizer_dir()
     if (d / TOKENIZER_FILENAME).exists() and not force:
@@ -583,31 +379,20 @@ def install_nanochat_tokenizer(src: str | Path, directory: str | Path | None = N
     d.mkdir(parents=True, exist_ok=True)
     (d / NANOCHAT_TOKENIZER_FILENAME).write_bytes(src.read_bytes())
     np.save(d / "token_bytes.npy", tok.token_bytes())
-    (d / NANOCHAT_TOKENIZER_MARKER).write_text(json.dumps(
-        {"format": "nanochat-tiktoken", "file": NANOCHAT_TOKENIZER_FILENAME, "source": str(src.resolve()),
-         "vocab_size": tok.vocab_size}, indent=2))
+    marker = {"format": "nanochat-tiktoken", "file": NANOCHAT_TOKENIZER_FILENAME, "source": str(src.resolve()),
+              "vocab_size": tok.vocab_size}
+    (d / NANOCHAT_TOKENIZER_MARKER).write_text(json.dumps(marker, indent=2))
     return d
 
 
 def load_any_tokenizer(directory: str | Path | None = None):
-    """The tokenizer in `directory` (default ``base_dir()/tokenizer``): nanochat's when the marker written by
-    `install_nanochat_tokenizer` is there, else jaxchat's ``tokenizer.model``, else nanochat's
-    ``tokenizer.pkl``."""
-    from jaxchat.tokenizer import default_tokenizer_dir
-
+    """The tokenizer in `directory` (default base_dir()/tokenizer): nanochat's if installed (the marker), else
+    jaxchat's tokenizer.model, else nanochat's tokenizer.pkl."""
     d = Path(directory) if directory is not None else default_tokenizer_dir()
-    if (d / NANOCHAT_TOKENIZER_MARKER).is_file() or (
-            not (d / TOKENIZER_FILENAME).is_file() and (d / NANOCHAT_TOKENIZER_FILENAME).is_file()):
-        return NanochatTokenizer.from_directory(d)
-    if (d / TOKENIZER_FILENAME).is_file():
-        return Tokenizer.from_file(d / TOKENIZER_FILENAME)
+    ours, theirs = d / TOKENIZER_FILENAME, d / NANOCHAT_TOKENIZER_FILENAME
+    if (d / NANOCHAT_TOKENIZER_MARKER).is_file() or (theirs.is_file() and not ours.is_file()):
+        return NanochatTokenizer.from_file(theirs)
+    if ours.is_file():
+        return Tokenizer.from_file(ours)
     raise FileNotFoundError(f"no tokenizer in {d}: expected {TOKENIZER_FILENAME} (jaxchat) or "
                             f"{NANOCHAT_TOKENIZER_FILENAME} (nanochat)")
-
-
-__all__ = [
-    "InteropError", "LAYER_KEYS", "NanochatTokenizer", "check_params", "config_from_nanochat", "export_safetensors",
-    "find_nanochat_dir", "import_safetensors", "install_nanochat_tokenizer", "load_any_tokenizer", "load_jaxchat",
-    "load_nanochat", "nanochat_model_config", "nanochat_steps", "params_to_state_dict", "safetensors_tokenizer",
-    "save_jaxchat", "save_nanochat", "shape_summary", "state_dict_to_params",
-]

@@ -1,18 +1,13 @@
-"""Time nanochat's own code on this machine, in the shapes and protocol of our benchmarks, so the README's side by
-side comparison can be rerun. It needs a nanochat checkout (V1 is commit 10231df) and PyTorch (the `interop`
-extra); nothing of nanochat is vendored here.
+"""Time nanochat's own code here, in the shapes and protocol of our benchmarks, so dev/BENCHMARKS.md's side by side
+comparison can be rerun. Needs a nanochat checkout (V1: commit 10231df) and PyTorch (the `interop` extra).
 
     git clone https://github.com/karpathy/nanochat /tmp/nanochat && git -C /tmp/nanochat checkout 10231df
-    python -m scripts.bench_nanochat --nanochat_dir=/tmp/nanochat              # decode (paired), then train
-    python -m scripts.bench_nanochat --nanochat_dir=/tmp/nanochat --what=decode --reps=16
+    python -m scripts.bench_nanochat --nanochat_dir=/tmp/nanochat     # decode (paired), then train; --what=decode
 
-decode: `Engine.generate(prompt, num_samples=B, max_tokens=256, temperature=1, top_k=50)` on a randomly
-initialised depth-4 model (prompt 64 tokens), counting every row's tokens, as `scripts.bench_decode` does in its
-`samples` mode. Unless `--paired=0`, jaxchat's engine is timed in the same process on the same protocol, the two
-taking turns (the order flips every round), and the figure that counts is the median of the per-round ratios:
-this machine's speed drifts by ±30% within minutes, which separate runs of the two benchmarks cannot tell from
-a real difference. train: forward, backward and its AdamW + Muon step on batch 8 x 512, eager and
-torch.compile. The last line of output is JSON.
+decode: nanochat's `Engine.generate(prompt, num_samples=B, max_tokens=256, temperature=1, top_k=50)` on a random
+depth-4 model, as `scripts.bench_decode` in its `samples` mode; unless --paired=0 jaxchat's engine takes turns with
+it (the order flips every round) and the median per-round ratio is what counts (this machine drifts by ±30% within
+minutes). train: forward, backward, AdamW + Muon on 8 x 512, eager and torch.compile. The last line is JSON.
 """
 from __future__ import annotations
 
@@ -23,6 +18,12 @@ import sys
 import time
 import types
 
+import numpy as np
+
+from jaxchat import config as C
+from jaxchat import engine as E
+from scripts.bench_decode import Tok, random_engine
+
 
 def _import_nanochat(path):
     if not os.path.isfile(os.path.join(path, "nanochat", "gpt.py")):
@@ -31,7 +32,7 @@ def _import_nanochat(path):
     sys.path.insert(0, os.path.abspath(path))
     # engine.py imports checkpoint loading (and through it the HF tokenizer); a benchmark loads no checkpoint
     sys.modules.setdefault("nanochat.checkpoint_manager", types.SimpleNamespace(load_model=None))
-    from nanochat.engine import Engine
+    from nanochat.engine import Engine  # from the checkout (on sys.path only now)
     from nanochat.gpt import GPT, GPTConfig
 
     return GPT, GPTConfig, Engine
@@ -50,75 +51,48 @@ def _model(torch, GPT, GPTConfig, a):
     return m
 
 
-def _nanochat_decoder(torch, GPT, GPTConfig, Engine, a, prompt):
-    from scripts.bench_decode import Tok
-
-    m = _model(torch, GPT, GPTConfig, a).eval()
-    eng = Engine(m, Tok(a.vocab_size))
-
-    def rep(B, seed):
-        t0, n = time.perf_counter(), 0
-        for col, _ in eng.generate(prompt, num_samples=B, max_tokens=a.new_tokens, temperature=1.0, top_k=50,
-                                   seed=seed):
-            n += len(col)
-        return n / (time.perf_counter() - t0)
-
-    return rep
-
-
-def _jaxchat_decoder(a, prompt):
-    """jaxchat's engine on the same protocol (what `scripts.bench_decode` times in its `samples` mode)."""
-    import numpy as np
-
-    from jaxchat import config as C
-    from jaxchat import engine as E
-    from scripts.bench_decode import random_engine
-
-    mc = C.load(["model"], [f"--depth={a.depth}", f"--vocab_size={a.vocab_size}", f"--max_seq_len={a.seq_len}"]).model
-    eng = random_engine(mc)
-
-    def rep(B, seed):
-        t0 = time.perf_counter()
-        st, stops = eng.start([prompt], num_samples=B, max_tokens=a.new_tokens, temperature=1.0, top_k=50, seed=seed,
-                              use_tools=False)
-        st = E.run(eng.decode_params, st, a.new_tokens, cfg=mc, stops=stops)
-        n = int(np.asarray(st["n"]).sum())
-        return n / (time.perf_counter() - t0)
-
-    return rep
-
-
 def _quantiles(xs):
     xs = sorted(xs)
-    at = lambda q: xs[min(len(xs) - 1, int(q * len(xs)))]  # noqa: E731
-    return {"median": at(0.5), "q25": at(0.25), "q75": at(0.75)}
+    return {name: xs[min(len(xs) - 1, int(q * len(xs)))] for name, q in (("median", .5), ("q25", .25), ("q75", .75))}
 
 
 def bench_decode(torch, GPT, GPTConfig, Engine, a):
-    g = torch.Generator().manual_seed(0)
-    prompt = torch.randint(10, a.vocab_size, (a.prompt_len,), generator=g).tolist()
+    prompt = torch.randint(10, a.vocab_size, (a.prompt_len,), generator=torch.Generator().manual_seed(0)).tolist()
     batches = [int(b) for b in a.batches.split(",")]
-    engines = {"nanochat": _nanochat_decoder(torch, GPT, GPTConfig, Engine, a, prompt)}
-    if a.paired:
-        engines["jaxchat"] = _jaxchat_decoder(a, prompt)
+    eng = Engine(_model(torch, GPT, GPTConfig, a).eval(), Tok(a.vocab_size))
+
+    def nanochat(B, seed):  # tokens/s of one generation of B samples
+        t0 = time.perf_counter()
+        n = sum(len(col) for col, _ in eng.generate(prompt, num_samples=B, max_tokens=a.new_tokens, temperature=1.0,
+                                                    top_k=50, seed=seed))
+        return n / (time.perf_counter() - t0)
+
+    mc = C.load(["model"], [f"--depth={a.depth}", f"--vocab_size={a.vocab_size}", f"--max_seq_len={a.seq_len}"]).model
+    ours = random_engine(mc) if a.paired else None
+
+    def jaxchat(B, seed):  # what `scripts.bench_decode` times in its `samples` mode
+        t0 = time.perf_counter()
+        st, stops = ours.start([prompt], num_samples=B, max_tokens=a.new_tokens, temperature=1.0, top_k=50,
+                               seed=seed, use_tools=False)
+        n = int(np.asarray(E.run(ours.decode_params, st, a.new_tokens, cfg=mc, stops=stops).n).sum())
+        return n / (time.perf_counter() - t0)
+
+    engines = {"nanochat": nanochat, "jaxchat": jaxchat} if a.paired else {"nanochat": nanochat}
     for rep in engines.values():  # warm up (jaxchat: compile)
         for B in batches:
             rep(B, 0)
     runs = {name: {B: [] for B in batches} for name in engines}
-    names = list(engines)
     for r in range(a.reps):
-        for name in (names if r % 2 == 0 else names[::-1]):
+        for name in (list(engines) if r % 2 == 0 else list(engines)[::-1]):
             for B in batches:
                 runs[name][B].append(engines[name](B, r + 1))
     out = []
     for B in batches:
-        res = {"batch": B, "nanochat": _quantiles(runs["nanochat"][B])}
-        line = f"decode batch {B}: nanochat median {res['nanochat']['median']:,.0f} tokens/s"
+        res = {"batch": B, **{name: _quantiles(runs[name][B]) for name in engines}}
+        line = f"decode batch {B}: " + ", ".join(f"{n} median {res[n]['median']:,.0f} tokens/s" for n in engines)
         if a.paired:
-            res["jaxchat"] = _quantiles(runs["jaxchat"][B])
-            res["ratio"] = _quantiles([j / n for j, n in zip(runs["jaxchat"][B], runs["nanochat"][B])])
-            line += (f", jaxchat median {res['jaxchat']['median']:,.0f}; jaxchat/nanochat per round: median "
-                     f"{res['ratio']['median']:.2f}x (quartiles {res['ratio']['q25']:.2f}-{res['ratio']['q75']:.2f})")
+            r = res["ratio"] = _quantiles([j / n for j, n in zip(runs["jaxchat"][B], runs["nanochat"][B])])
+            line += f"; jaxchat/nanochat per round: median {r['median']:.2f}x (quartiles {r['q25']:.2f}-{r['q75']:.2f})"
         print(line + f" ({a.reps} rounds)", file=sys.stderr)
         out.append(res)
     return out
@@ -126,12 +100,11 @@ def bench_decode(torch, GPT, GPTConfig, Engine, a):
 
 def bench_train(torch, GPT, GPTConfig, a):
     out = {}
-    for compiled in (False, True):
+    for key in ("eager", "compiled"):
         m = _model(torch, GPT, GPTConfig, a)
         opts = m.setup_optimizers()
-        step_model = torch.compile(m, dynamic=False) if compiled else m
-        g = torch.Generator().manual_seed(0)
-        xy = torch.randint(0, a.vocab_size, (a.batch, a.seq_len + 1), generator=g)
+        step_model = torch.compile(m, dynamic=False) if key == "compiled" else m
+        xy = torch.randint(0, a.vocab_size, (a.batch, a.seq_len + 1), generator=torch.Generator().manual_seed(0))
         x, y = xy[:, :-1].contiguous(), xy[:, 1:].contiguous()
         times = []
         for i in range(a.train_steps + 2):  # two warm-up steps (compilation)
@@ -141,14 +114,11 @@ def bench_train(torch, GPT, GPTConfig, a):
             for o in opts:
                 o.step()
             m.zero_grad(set_to_none=True)
-            loss.item()
-            if i >= 2:
-                times.append(time.perf_counter() - t0)
-        times.sort()
-        tps = a.batch * a.seq_len / times[len(times) // 2]
-        key = "compiled" if compiled else "eager"
-        out[key] = tps
-        print(f"nanochat train ({key}): {tps:,.0f} tokens/s (median of {len(times)} steps)", file=sys.stderr)
+            loss.item()  # waits for the step (CUDA runs asynchronously)
+            times.append(time.perf_counter() - t0)
+        times = sorted(times[2:])
+        out[key] = a.batch * a.seq_len / times[len(times) // 2]
+        print(f"nanochat train ({key}): {out[key]:,.0f} tokens/s (median of {len(times)} steps)", file=sys.stderr)
     return out
 
 
@@ -172,7 +142,7 @@ def main(argv=None):
     if any(w not in ("decode", "train") for w in what):
         ap.error(f"--what takes decode, train or both; got {a.what!r}")
     GPT, GPTConfig, Engine = _import_nanochat(a.nanochat_dir)
-    import torch
+    import torch  # optional (the interop extra), and only once the checkout is known good
 
     if a.threads:
         torch.set_num_threads(a.threads)

@@ -24,7 +24,7 @@ from jaxchat import model as gpt
 from jaxchat import sharding as shd
 from jaxchat import tasks as T
 from jaxchat.config import MeshConfig
-from jaxchat.tasks import GSM8K, HumanEval, ListTask, gsm8k
+from jaxchat.tasks import GSM8K, HumanEval, ListTask
 
 MAX_LEN = 256
 BUDGET = 2048  # tokens per scorer batch: (rows, T) = (32, 64), (16, 128), (8, 256)
@@ -83,7 +83,7 @@ def uniform_scorer(tok):
 
 
 def test_suite_table():
-    assert len(CT.OFFLINE_TASKS) == 22 and len(set(CT.TASK_LABELS)) == 22
+    assert len({t.label for t in CT.OFFLINE_TASKS}) == 22
     offline = [t.label for t in CT.OFFLINE_TASKS if t.available]
     missing = [t.label for t in CT.OFFLINE_TASKS if not t.available]
     assert missing == ["bigbench_qa_wikidata", "winograd", "agi_eval_lsat_ar", "bigbench_cs_algorithms",
@@ -386,7 +386,7 @@ def test_chat_mc_prompt_golden(tok):
 
 
 def test_categorical_oracle_and_uniform(tok, oracle_setup):
-    task = E.chat_task("ARC-Easy")
+    task = T.CHAT_EVALS["ARC-Easy"].make()
     idx = list(range(12))
     # the oracle's table: each (left-cropped, as the scorer crops) prompt followed by its gold letter
     gold = [tok.render_for_completion(task[i])[-MAX_LEN:] + [E.letter_token(tok, task[i]["messages"][-1]["content"])]
@@ -402,7 +402,7 @@ def test_categorical_accuracy_helper_reuses_compilation(tok):
     """The SFT stage's in-training metric: repeated calls share one compiled function per shape."""
     cfg = tiny_model(tok.vocab_size, max_seq_len=64)
     p = jax.tree.map(jnp.asarray, tiny_params(cfg, seed=5))
-    task = E.chat_task("ARC-Easy")
+    task = T.CHAT_EVALS["ARC-Easy"].make()
     a = E.categorical_accuracy(p, cfg, tok, task, max_problems=4)
     _, last = E._jitted(E.model_logits_at(cfg), None)
     n = last._cache_size()
@@ -441,7 +441,6 @@ def test_gsm8k_answers_through_chat_eval(tok):
         convs.append(conv)
         table[tuple(tok.render_for_completion(conv))] = [f"Let me think.\n#### {said}" if said else f"It is {gold}."]
     task = ListTask(convs, eval_type="generative")
-    task.evaluate = gsm8k.evaluate_hash_answer
     eng = StandInEngine(tok, table)
     r = E.generative_eval(task, tok, eng, batch_size=4, max_new_tokens=64)
     assert r["correct"] == sum(c[2] for c in cases) and r["total"] == len(cases)
@@ -480,7 +479,7 @@ def test_chatcore():
     value, n = E.chatcore(res)
     assert n == 3 and value == pytest.approx((0.0 + 1.0 + 0.1) / 3)
     assert E.chatcore({}) == (None, 0)
-    assert E.canonical_chat_name("arc_easy") == "ARC-Easy" and len(E.chat_task("Arithmetic")) == 400
+    assert T.chat_eval_name("arc_easy") == "ARC-Easy" and len(T.CHAT_EVALS["Arithmetic"].make()) == 400
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -316,7 +316,7 @@ def test_nanochat_tokenizer_adapter(tmp_path):
     # also a dict of mergeable ranks; and a pickle that wants to run code is refused
     (src / "tokenizer.pkl").write_bytes(pickle.dumps({"mergeable_ranks": enc._mergeable_ranks,
                                                       "pattern": enc._pat_str}))
-    assert interop.NanochatTokenizer.from_directory(src).encode("hello world") == [259, 264]
+    assert interop.NanochatTokenizer.from_file(src / "tokenizer.pkl").encode("hello world") == [259, 264]
 
     class Evil:
         def __reduce__(self):
@@ -324,7 +324,7 @@ def test_nanochat_tokenizer_adapter(tmp_path):
 
     (src / "tokenizer.pkl").write_bytes(pickle.dumps(Evil()))
     with pytest.raises(pickle.UnpicklingError, match="refusing"):
-        interop.NanochatTokenizer.from_directory(src)
+        interop.NanochatTokenizer.from_file(src / "tokenizer.pkl")
     # our own sentencepiece tokenizer is found by the same loader
     tiny_tokenizer().save(tmp_path / "ours" / "tokenizer.model")
     assert type(interop.load_any_tokenizer(tmp_path / "ours")).__name__ == "Tokenizer"
