@@ -1,16 +1,8 @@
-"""Meshes and the one sharding rules table.
-
-Every array that lives on the mesh (params, optimizer state, batches, the KV cache) gets its
-`NamedSharding` from `RULES`: logical axis name → mesh axes. Switching between 1 and N devices, FSDP and
-plain data parallelism, or adding a tensor axis is a `MeshConfig` change, never a code change.
-
-Mesh axes: `data` (pure replication of params, batch split), `fsdp` (batch split AND params sharded,
-ZeRO-3), `tensor` (params' head/MLP/vocab dims split; activations follow). Axis types are Auto: optax's
-Muon breaks under Explicit sharding on JAX 0.10–0.12 (its Newton–Schulz `x @ x.T` yields a duplicate spec).
-
-A mesh axis is dropped from a dimension it does not divide (that dim is then replicated along it), so
-tiny models still run on big meshes; `explain()` shows what was dropped.
-"""
+"""Meshes and the one sharding rules table: every array on the mesh (params, optimizer state, batches, KV cache)
+gets its `NamedSharding` from `RULES` (logical axis → mesh axes), so 1 or N devices, FSDP or data parallel, or a
+tensor axis is a `MeshConfig` change. Mesh axes: `data` (batch split), `fsdp` (batch split and params sharded,
+ZeRO-3), `tensor` (head/MLP/vocab dims split). A mesh axis that does not divide a dimension is dropped from it,
+so tiny models run on big meshes; `explain()` shows the result. Axis types are Auto."""
 from __future__ import annotations
 
 import contextlib
@@ -192,28 +184,20 @@ def explain(axes_tree, shapes_tree, mesh: Mesh) -> str:
 
 
 def maybe_initialize_distributed() -> bool:
-    """Call `jax.distributed.initialize` when the environment describes a multi-process run.
-
-    Recognised: JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES + JAX_PROCESS_ID (explicit), or a SLURM job
-    with more than one task (JAX's own cluster detection fills in the rest). Must run before any other
-    JAX call. Returns True when it initialised."""
+    """`jax.distributed.initialize` when the environment describes a multi-process run: JAX_COORDINATOR_ADDRESS
+    + JAX_NUM_PROCESSES + JAX_PROCESS_ID (+ JAX_LOCAL_DEVICE_IDS), or a SLURM job of several tasks (JAX detects
+    the rest). Must run before any other JAX call. True when it initialised."""
     if getattr(maybe_initialize_distributed, "_done", False):
         return True
-    env = os.environ
-    kwargs = {}
+    env, kwargs = os.environ, {}
     if env.get("JAX_COORDINATOR_ADDRESS"):
-        kwargs = dict(
-            coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
-            num_processes=int(env.get("JAX_NUM_PROCESSES", "1")),
-            process_id=int(env.get("JAX_PROCESS_ID", "0")),
-        )
+        kwargs = dict(coordinator_address=env["JAX_COORDINATOR_ADDRESS"], process_id=int(env.get("JAX_PROCESS_ID", "0")),
+                      num_processes=int(env.get("JAX_NUM_PROCESSES", "1")))
         if env.get("JAX_LOCAL_DEVICE_IDS"):
             kwargs["local_device_ids"] = [int(x) for x in env["JAX_LOCAL_DEVICE_IDS"].split(",")]
         if kwargs["num_processes"] <= 1:
             return False
-    elif int(env.get("SLURM_NTASKS", "1")) > 1 and env.get("SLURM_JOB_ID"):
-        kwargs = {}  # jax's SlurmCluster auto-detection
-    else:
+    elif not (int(env.get("SLURM_NTASKS", "1")) > 1 and env.get("SLURM_JOB_ID")):
         return False
     # CPU processes exchange collectives through gloo (GPU/TPU backends use their own interconnect).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")

@@ -23,17 +23,8 @@ import sentencepiece as spm
 from jaxchat.common import base_dir
 from jaxchat.tasks.common import PART_TYPES
 
-SPECIAL_TOKENS = [
-    "<|bos|>",
-    "<|user_start|>",
-    "<|user_end|>",
-    "<|assistant_start|>",
-    "<|assistant_end|>",
-    "<|python_start|>",
-    "<|python_end|>",
-    "<|output_start|>",
-    "<|output_end|>",
-]
+SPECIAL_TOKENS = ["<|bos|>", "<|user_start|>", "<|user_end|>", "<|assistant_start|>", "<|assistant_end|>",
+                  "<|python_start|>", "<|python_end|>", "<|output_start|>", "<|output_end|>"]
 SP_SPACE = "\u2581"  # sentencepiece's whitespace marker "▁"
 UNK_PIECE = "<unk>"
 _N_BYTE_PIECES = 256
@@ -89,24 +80,11 @@ def _training_sentences(texts: Iterable[str], max_chars: int | None, doc_cap: in
             yield chunk
 
 
-def train_tokenizer(
-    texts: Iterable[str],
-    vocab_size: int,
-    *,
-    max_chars: int | None = None,
-    doc_cap: int | None = 10_000,
-    num_threads: int | None = None,
-    character_coverage: float = 0.9995,
-    digit_group: int = 2,
-) -> "Tokenizer":
-    """Train a sentencepiece BPE tokenizer in-process from an iterator of documents.
-
-    ``vocab_size`` is the total vocabulary (``<unk>``, the 9 specials, the digit pieces and 256 byte pieces
-    included).
-    Each document is cut to ``doc_cap`` chars; training stops after ``max_chars`` chars in all.
-    ``digit_group``: 1 = one token per digit, 2 = pairs of digits (nanochat), see the module docstring.
-    The returned tokenizer has ``train_info`` (documents, sentences, chars, seconds).
-    """
+def train_tokenizer(texts: Iterable[str], vocab_size: int, *, max_chars: int | None = None,
+                    doc_cap: int | None = 10_000, num_threads: int | None = None, character_coverage: float = 0.9995,
+                    digit_group: int = 2) -> "Tokenizer":
+    """Train in-process from documents. `vocab_size` counts everything (unk, specials, digits, bytes); each
+    document is cut to `doc_cap` chars, training stops after `max_chars`. The result carries `train_info`."""
     if digit_group not in (1, 2):
         raise ValueError(f"digit_group must be 1 (one token per digit) or 2 (pairs, as nanochat), got {digit_group!r}")
     digit_pieces = DIGIT_PIECES if digit_group == 2 else []
@@ -121,29 +99,14 @@ def train_tokenizer(
     t0 = time.time()
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=_training_sentences(texts, max_chars, doc_cap, info),
-            model_writer=writer,
-            model_type="bpe",
-            vocab_size=int(vocab_size),
-            byte_fallback=True,
-            split_digits=True,
-            character_coverage=character_coverage,
-            normalization_rule_name="identity",
-            remove_extra_whitespaces=False,
-            add_dummy_prefix=False,
-            allow_whitespace_only_pieces=True,
+            sentence_iterator=_training_sentences(texts, max_chars, doc_cap, info), model_writer=writer,
+            model_type="bpe", vocab_size=int(vocab_size), byte_fallback=True, split_digits=True,
+            character_coverage=character_coverage, normalization_rule_name="identity",
+            remove_extra_whitespaces=False, add_dummy_prefix=False, allow_whitespace_only_pieces=True,
             max_sentence_length=4 * _MAX_SENTENCE_CHARS + 16,  # bytes; 4 = longest UTF-8 char
             input_sentence_size=0,  # use every sentence
-            control_symbols=SPECIAL_TOKENS,
-            user_defined_symbols=digit_pieces,
-            unk_id=0,
-            unk_piece=UNK_PIECE,
-            bos_id=-1,
-            eos_id=-1,
-            pad_id=-1,
-            num_threads=int(num_threads),
-            minloglevel=2,
-        )
+            control_symbols=SPECIAL_TOKENS, user_defined_symbols=digit_pieces, unk_id=0, unk_piece=UNK_PIECE,
+            bos_id=-1, eos_id=-1, pad_id=-1, num_threads=int(num_threads), minloglevel=2)
     except RuntimeError as e:
         raise RuntimeError(
             f"sentencepiece training failed ({e}); with {info['chars']:,} chars of text, vocab_size={vocab_size} "
@@ -315,13 +278,8 @@ class Tokenizer:
             k += c
         return out
 
-    def encode(
-        self,
-        text: str | Sequence[str],
-        prepend: int | str | None = None,
-        append: int | str | None = None,
-        num_threads: int | None = None,
-    ) -> list[int] | list[list[int]]:
+    def encode(self, text: str | Sequence[str], prepend: int | str | None = None, append: int | str | None = None,
+               num_threads: int | None = None) -> list[int] | list[list[int]]:
         """Encode a string (→ list of ids) or a list of strings (→ list of lists, multi-threaded).
         ``prepend``/``append``: a token id or a special token's name, e.g. ``prepend="<|bos|>"``.
         Text is always ordinary text: special-token strings in it are encoded as plain characters."""
