@@ -1,10 +1,7 @@
-"""The compiled program as data: lower a preset's train step (or decode step) for a mesh from abstract inputs
-(nothing is allocated, so GPU-sized shapes compile on emulated CPU devices), then read what XLA built — the
-collectives in the optimised HLO, the cost analysis (FLOPs, bytes) and the memory analysis.
-
-Tests assert on these (tests/test_compiled.py), `scripts/memory_plan.py` and `scripts/perf_model.py` report
-them. Shapes in the HLO are per device (after SPMD partitioning); byte counts here are per device too.
-"""
+"""The compiled program as data: lower a preset's train step (or decode loop) for a mesh from abstract inputs
+(nothing is allocated, so GPU-sized shapes compile on emulated CPU devices) and read what XLA built: the
+collectives of the optimised HLO, cost analysis and memory analysis, all per device. tests/test_compiled.py
+asserts on them; scripts/memory_plan.py and scripts/perf_model.py report them."""
 from __future__ import annotations
 
 import math
@@ -18,6 +15,7 @@ from jaxchat import engine
 from jaxchat import model as gpt
 from jaxchat import sharding as shd
 from jaxchat import train
+from jaxchat.checkpoint import abstract_like
 from jaxchat.config import ModelConfig, TrainConfig
 from jaxchat.optim import make_optimizer
 
@@ -138,10 +136,6 @@ def host_transfers(hlo_text: str) -> list[str]:
     return [line.strip()[:200] for line in hlo_text.splitlines() if _HOST.search(line)]
 
 
-def _abstract(shapes, shardings):
-    return jax.tree.map(lambda s, h: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=h), shapes, shardings)
-
-
 def lower_train_step(mc: ModelConfig, tc: TrainConfig, mesh, *, accum: int = 1, rows: int | None = None,
                      num_iterations: int = 1000):
     """The real jitted train step (train.jit_train_step) lowered for `mesh` from abstract state and batch:
@@ -151,8 +145,8 @@ def lower_train_step(mc: ModelConfig, tc: TrainConfig, mesh, *, accum: int = 1, 
     sh = train.state_shardings(mc, tx, mesh)
     shapes = gpt.param_shapes(mc)
     state = {"step": jax.ShapeDtypeStruct((), jnp.int32, sharding=sh["step"]),
-             "params": _abstract(shapes, sh["params"]),
-             "opt_state": _abstract(jax.eval_shape(tx.init, shapes), sh["opt_state"])}
+             "params": abstract_like(shapes, sh["params"]),
+             "opt_state": abstract_like(jax.eval_shape(tx.init, shapes), sh["opt_state"])}
     bsh = shd.batch_sharding(mesh, ndim=3, leading=1)
     batch = {k: jax.ShapeDtypeStruct((accum, rows, mc.max_seq_len), jnp.int32, sharding=bsh)
              for k in ("inputs", "targets")}
@@ -163,10 +157,10 @@ def lower_train_step(mc: ModelConfig, tc: TrainConfig, mesh, *, accum: int = 1, 
 def lower_decode_loop(mc: ModelConfig, mesh, *, batch: int, cache_len: int, max_new: int = 256):
     """The engine's decode loop (`engine.run`: a while_loop of cached one-token steps) lowered for `mesh`, with
     the params, the KV cache and the decode state sharded as the engine shards them."""
-    params = _abstract(gpt.param_shapes(mc), gpt.param_shardings(mc, mesh))
+    params = abstract_like(gpt.param_shapes(mc), gpt.param_shardings(mc, mesh))
     st_shapes = jax.eval_shape(lambda: engine.new_state(mc, batch, cache_len, max_new))
-    st = _abstract(st_shapes, engine.state_shardings(st_shapes, mesh))
-    with jax.set_mesh(mesh):
+    st = abstract_like(st_shapes, engine.state_shardings(st_shapes, mesh))
+    with shd.scope(mesh):
         return engine.run.lower(params, st, max_new, cfg=mc, stops=engine.Stops(ends=(0,)))
 
 

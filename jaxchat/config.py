@@ -26,6 +26,11 @@ class ConfigError(ValueError):
     """A bad preset name, key or value. The message always says what would have been valid."""
 
 
+def _choice(cfg, key: str, *options: str) -> None:
+    if getattr(cfg, key) not in options:
+        raise ConfigError(f"{key} must be {'|'.join(options)}, got {getattr(cfg, key)!r}")
+
+
 # ----------------------------------------------------------------------------------------------------
 # Sections
 
@@ -55,12 +60,9 @@ class ModelConfig:
             raise ConfigError(f"depth must be >= 1, got {self.depth}")
         if self.n_kv_head and self.n_head % self.n_kv_head:
             raise ConfigError(f"n_kv_head={self.n_kv_head} must divide n_head={self.n_head}")
-        if self.compute_dtype not in ("float32", "bfloat16", "float16"):
-            raise ConfigError(f"compute_dtype must be float32|bfloat16|float16, got {self.compute_dtype!r}")
-        if self.attn_impl not in ("xla", "cudnn", "auto"):
-            raise ConfigError(f"attn_impl must be xla|cudnn|auto, got {self.attn_impl!r}")
-        if self.remat not in ("none", "full", "dots", "minimal"):
-            raise ConfigError(f"remat must be none|full|dots|minimal, got {self.remat!r}")
+        _choice(self, "compute_dtype", "float32", "bfloat16", "float16")
+        _choice(self, "attn_impl", "xla", "cudnn", "auto")
+        _choice(self, "remat", "none", "full", "dots", "minimal")
 
     @property
     def n_layer(self) -> int:
@@ -203,8 +205,7 @@ class EvalConfig:
     top_k: int = 50
 
     def __post_init__(self):
-        if self.core_bundle not in ("auto", "download", "off"):
-            raise ConfigError(f"core_bundle must be auto|download|off, got {self.core_bundle!r}")
+        _choice(self, "core_bundle", "auto", "download", "off")
 
 
 @dataclass(frozen=True)
@@ -358,13 +359,9 @@ def load(sections: list[str], argv: list[str] | None = None, *, extra: dict[str,
         elif key in extra:
             default = extra[key]
             extras_out[key] = _coerce(key, value, type(default)) if default is not None else value
-        elif key in owners:
-            if len(owners[key]) > 1:
-                # The stage section wins over generic ones (e.g. [sft] over [train]).
-                for s in owners[key]:
-                    per_section[s][key] = value
-            else:
-                per_section[owners[key][0]][key] = value
+        elif key in owners:  # a key two sections share (e.g. [sft] and [train]) goes to both
+            for s in owners[key]:
+                per_section[s][key] = value
         else:
             valid = _valid_keys(sections, extra)
             hint = difflib.get_close_matches(key, valid, n=1)
