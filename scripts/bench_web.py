@@ -1,24 +1,17 @@
-"""Load-test the chat server with clients in separate processes: TTFT and throughput, all at once vs one by one.
+"""Load-test the chat server from client processes: TTFT and throughput, all at once vs one by one.
 
     python -m scripts.bench_web                               # the SFT checkpoint: 16 clients x 64 tokens
     python -m scripts.bench_web --clients=64 --max_tokens=32 --max_batch=16 --source=rl
     python -m scripts.bench_web --url=http://10.0.0.5:8000    # a server that is already running
 
-Unless --url is given it starts `scripts.chat_web` (gunicorn, one worker that owns the engine) on a free port and
-stops it at the end. The same requests (per-request seeds) are sent twice: every client at once, each from its
-own process, then one after another from this process, so the figures compare the batched engine under load
-with serving one conversation at a time, and the replies must come out the same both ways. This process never
-imports JAX: the clients are plain HTTP and the server runs apart from them. Before the load it waits until the
-server has compiled every prefill shape (`/stats` prefill_shapes_pending; `--wait_compiled=false` measures a
-cold server, whose first burst waits on XLA). The last line of output is JSON.
+Unless --url is given it starts `scripts.chat_web` on a free port. The same requests (per-request seeds) go out all
+at once, each from its own process (no JAX here), then one by one: the replies must match. It first waits for the
+server to compile every prefill shape (`--wait_compiled=false`: a cold server). The last line of output is JSON.
 """
-from __future__ import annotations
-
 import http.client
 import json
 import multiprocessing as mp
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -26,10 +19,16 @@ import time
 import urllib.request
 from pathlib import Path
 
+from jaxchat import config as C
+from jaxchat.common import base_dir, cli
+
 ROOT = Path(__file__).resolve().parent.parent
 EXTRA = {"url": "", "source": "sft", "model_tag": "", "clients": 16, "max_tokens": 64, "temperature": 0.8,
          "max_batch": 8, "max_queue": 64, "cache_len": 0, "start_timeout": 300.0, "request_timeout": 600.0,
          "wait_compiled": True}
+QUESTIONS = ["What is {a} * {b}?", "Tell me about the sea.", "Who are you?", "Spell the word: {w}",
+             "How many {w}s fit in a box of {a}?"]
+WORDS = ["apple", "orange", "pencil", "river", "cloud"]
 
 
 def sse_events(resp):
@@ -46,18 +45,17 @@ def sse_events(resp):
                 return
 
 
-def stream_chat(addr: str, body: dict, timeout: float) -> dict:
-    """POST /chat/completions and read the SSE stream: status, seconds to the first token and to the end, the
-    completion's token count and text."""
+def stream_chat(addr: str, body: dict, timeout: float, start_at: float = 0.0) -> dict:
+    """POST /chat/completions (at `start_at`, epoch seconds) and read the stream: status, seconds to the first
+    token and to the end, the completion's token count and text."""
+    time.sleep(max(0.0, start_at - time.time()))
     host, port = addr.rsplit(":", 1)
     conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
-    t0 = time.perf_counter()
+    t0, first, text, last = time.perf_counter(), None, [], {}
     try:
         conn.request("POST", "/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
-        resp = conn.getresponse()
-        if resp.status != 200:
+        if (resp := conn.getresponse()).status != 200:
             return {"status": resp.status, "error": resp.read().decode("utf-8", "replace")[:300]}
-        first, text, last = None, [], {}
         for ev in sse_events(resp):
             if "token" in ev:
                 first = first if first is not None else time.perf_counter() - t0
@@ -72,25 +70,14 @@ def stream_chat(addr: str, body: dict, timeout: float) -> dict:
         conn.close()
 
 
-def _client(args):
-    addr, body, timeout, start_at = args
-    time.sleep(max(0.0, start_at - time.time()))  # every client process sends at the same moment
-    return stream_chat(addr, body, timeout)
-
-
-def _pct(xs, q):
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))] if xs else float("nan")
-
-
 def summarise(results: list[dict], wall_s: float) -> dict:
     ok = [r for r in results if r["status"] == 200]
-    ttft = [r["ttft_s"] for r in ok if r["ttft_s"] is not None]
-    tokens = sum(r["tokens"] for r in ok)
-    return {"requests": len(results), "ok": len(ok), "errors": sorted({str(r.get("error")) for r in results
-                                                                      if r["status"] != 200})[:3],
-            "ttft_p50_s": _pct(ttft, 50), "ttft_p95_s": _pct(ttft, 95),
-            "latency_p50_s": _pct([r["total_s"] for r in ok], 50), "tokens": tokens, "wall_s": wall_s,
+    pct = lambda xs, q: sorted(xs)[round(q * (len(xs) - 1))] if xs else float("nan")  # noqa: E731
+    ttft, tokens = [r["ttft_s"] for r in ok if r["ttft_s"] is not None], sum(r["tokens"] for r in ok)
+    return {"requests": len(results), "ok": len(ok),
+            "errors": sorted({str(r.get("error")) for r in results if r["status"] != 200})[:3],
+            "ttft_p50_s": pct(ttft, 0.5), "ttft_p95_s": pct(ttft, 0.95),
+            "latency_p50_s": pct([r["total_s"] for r in ok], 0.5), "tokens": tokens, "wall_s": wall_s,
             "tokens_per_s": tokens / wall_s if wall_s > 0 else float("nan")}
 
 
@@ -99,7 +86,11 @@ def get_json(addr: str, path: str) -> dict:
         return json.loads(r.read())
 
 
-def start_server(x, log_path: Path):
+def start_server(x):
+    log_path = base_dir() / "report" / "logs" / "bench_web_server.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    print(f"[bench_web] starting scripts.chat_web (source {x.source}, max_batch {x.max_batch}); log: {log_path}",
+          file=sys.stderr)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -109,24 +100,22 @@ def start_server(x, log_path: Path):
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    addr = f"127.0.0.1:{port}"
-    deadline = time.time() + x.start_timeout
-    while True:
-        if proc.poll() is not None:
-            raise SystemExit(f"the server exited ({proc.returncode}):\n{log_path.read_text()[-3000:]}")
+    addr, deadline = f"127.0.0.1:{port}", time.time() + x.start_timeout
+    while proc.poll() is None and time.time() < deadline:
         try:
             if get_json(addr, "/health").get("ready"):
                 return proc, addr
         except OSError:
             pass
-        if time.time() > deadline:
-            stop_server(proc)
-            raise SystemExit(f"the server was not ready after {x.start_timeout:.0f} s; log: {log_path}")
         time.sleep(1.0)
+    if proc.poll() is not None:
+        raise SystemExit(f"the server exited ({proc.returncode}):\n{log_path.read_text()[-3000:]}")
+    stop_server(proc)
+    raise SystemExit(f"the server was not ready after {x.start_timeout:.0f} s; log: {log_path}")
 
 
 def stop_server(proc) -> int:
-    proc.send_signal(signal.SIGTERM)
+    proc.terminate()
     try:
         return proc.wait(60)
     except subprocess.TimeoutExpired:
@@ -135,44 +124,26 @@ def stop_server(proc) -> int:
 
 
 def main(argv=None):
-    from jaxchat import config as C
-    from jaxchat.common import base_dir
-
-    cfg = C.load([], argv, extra=dict(EXTRA))
-    x = cfg.extra
+    x = C.load([], argv, extra=dict(EXTRA)).extra
     if x.clients < 1 or x.max_tokens < 1:
         raise C.ConfigError("--clients and --max_tokens must be at least 1")
-    proc = None
-    if x.url:
-        addr = x.url.split("://", 1)[-1].rstrip("/")
-    else:
-        log_path = base_dir() / "report" / "logs" / "bench_web_server.log"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        print(f"[bench_web] starting scripts.chat_web (source {x.source}, max_batch {x.max_batch}); log: {log_path}",
-              file=sys.stderr)
-        proc, addr = start_server(x, log_path)
+    proc, addr = start_server(x) if not x.url else (None, x.url.split("://", 1)[-1].rstrip("/"))
+    bodies = [{"messages": [{"role": "user", "content": QUESTIONS[i % 5].format(a=17 + 3 * i, b=4 + i % 9,
+                                                                                 w=WORDS[i % 5])}],
+               "max_tokens": x.max_tokens, "temperature": x.temperature, "seed": i} for i in range(x.clients)]
     try:
         health = get_json(addr, "/health")
-        questions = ["What is {a} * {b}?", "Tell me about the sea.", "Who are you?", "Spell the word: {w}",
-                     "How many {w}s fit in a box of {a}?"]
-        words = ["apple", "orange", "pencil", "river", "cloud"]
-        bodies = [{"messages": [{"role": "user", "content": questions[i % len(questions)].format(
-                       a=17 + 3 * i, b=4 + i % 9, w=words[i % len(words)])}],
-                   "max_tokens": x.max_tokens, "temperature": x.temperature, "seed": i} for i in range(x.clients)]
         stream_chat(addr, bodies[0], x.request_timeout)  # one warm request: compilation is not load
         t0 = time.perf_counter()
         while x.wait_compiled and get_json(addr, "/stats").get("prefill_shapes_pending", 0) > 0:
             time.sleep(0.5)  # the server compiles every prefill shape while idle; a cold burst measures XLA
-        waited = time.perf_counter() - t0
-        t0 = time.perf_counter()
+        waited, t0 = time.perf_counter() - t0, time.perf_counter()
         with mp.get_context("fork").Pool(x.clients) as pool:
-            start_at = time.time() + 1.0
-            together = pool.map(_client, [(addr, b, x.request_timeout, start_at) for b in bodies])
-        wall_together = time.perf_counter() - t0 - 1.0
-        t0 = time.perf_counter()
+            start_at = time.time() + 1.0  # every client process sends at the same moment
+            together = pool.starmap(stream_chat, [(addr, b, x.request_timeout, start_at) for b in bodies])
+        wall_together, t0 = time.perf_counter() - t0 - 1.0, time.perf_counter()
         alone = [stream_chat(addr, b, x.request_timeout) for b in bodies]
-        wall_alone = time.perf_counter() - t0
-        stats = get_json(addr, "/stats")
+        wall_alone, stats = time.perf_counter() - t0, get_json(addr, "/stats")
     finally:
         code = stop_server(proc) if proc is not None else None
     a, b = summarise(together, wall_together), summarise(alone, wall_alone)
@@ -184,15 +155,13 @@ def main(argv=None):
     print(f"[bench_web] throughput all at once / one by one: {a['tokens_per_s'] / b['tokens_per_s']:.2f}x; "
           f"same replies both ways: {same}", file=sys.stderr)
     out = {"bench": "web", "server": "started" if proc is not None else addr, "server_exit": code,
-           "waited_for_compilation_s": waited,
-           "model": health.get("model"), "clients": x.clients, "max_tokens": x.max_tokens,
-           "max_batch": x.max_batch if proc is not None else None, "concurrent": a, "sequential": b,
-           "speedup": a["tokens_per_s"] / b["tokens_per_s"], "same_replies": same, "server_stats": stats}
+           "waited_for_compilation_s": waited, "model": health.get("model"), "clients": x.clients,
+           "max_tokens": x.max_tokens, "max_batch": x.max_batch if proc is not None else None, "concurrent": a,
+           "sequential": b, "speedup": a["tokens_per_s"] / b["tokens_per_s"], "same_replies": same,
+           "server_stats": stats}
     print(json.dumps(out))
     return out
 
 
 if __name__ == "__main__":
-    from jaxchat.common import cli
-
     cli(main)

@@ -4,17 +4,14 @@
     python -m scripts.chat_web --source=rl --port=8080 --host=0.0.0.0 --max_batch=16
     python -m scripts.chat_web --debug                      # Flask's development server (one process)
 
-Serves with gunicorn: one worker process (it owns the model and the engine thread) with threads (gthread) so
-every reply streams while the engine batches them. API: POST /chat/completions (SSE), GET /health, GET /stats
-(see jaxchat/web/app.py).
+gunicorn: one worker, a thread per streamed or waiting reply (+8: the page, /health, /stats; jaxchat/web/server.py).
 """
-from __future__ import annotations
-
 import sys
 
 from jaxchat import config as C
-from jaxchat.common import cli
-from jaxchat.web.server import serve, threads_for
+from jaxchat.common import cli, print0
+from jaxchat.web.limits import Defaults, Limits
+from jaxchat.web.server import serve
 
 EXTRA = {"source": "sft", "model_tag": "", "step": -1, "port": 8000, "host": "127.0.0.1", "max_batch": 8,
          "max_queue": 64, "temperature": 0.8, "top_k": 50, "max_tokens": 512, "cache_len": 0, "steps_per_iter": 2,
@@ -22,22 +19,20 @@ EXTRA = {"source": "sft", "model_tag": "", "step": -1, "port": 8000, "host": "12
 
 
 def build_app(cfg):
-    """Load the checkpoint, start the engine service and return the Flask app (runs inside the worker)."""
+    """Load the checkpoint, start the engine service, return the Flask app: in the worker (JAX after the fork)."""
     from jaxchat import stage
     from jaxchat.checkpoint import load_model
-    from jaxchat.common import print0
     from jaxchat.tokenizer import Tokenizer
-    from jaxchat.web import Defaults, EngineService, create_app
+    from jaxchat.web.app import create_app
+    from jaxchat.web.service import EngineService
 
     x = cfg.extra
-    ctx = stage.init(cfg.mesh)
-    tok = Tokenizer.load()
+    ctx, tok = stage.init(cfg.mesh), Tokenizer.load()
     params, mc, meta = load_model(x.source, x.model_tag or None, None if x.step < 0 else x.step, mesh=ctx.mesh)
     info = {"source": x.source, "model_tag": x.model_tag or f"d{mc.depth}", "step": meta.get("step"),
             "devices": f"{ctx.n_devices}x {ctx.mesh.devices.flat[0].device_kind}"}
     svc = EngineService(params, mc, tok, max_batch=x.max_batch, max_queue=x.max_queue, cache_len=x.cache_len or None,
                         steps_per_iter=x.steps_per_iter, mesh=ctx.mesh, info=info, log=print0).start()
-    svc.wait_ready()
     svc.warmup(tok.render_for_completion({"messages": [{"role": "user", "content": "Hello!"}]}))
     app = create_app(svc, defaults=Defaults(x.temperature, x.top_k, x.max_tokens), log=print0)
     print0(f"jaxchat: {x.source} d{mc.depth} step {meta.get('step')} ready on http://{url_host(x.host)}:{x.port}/")
@@ -50,21 +45,15 @@ def url_host(host: str) -> str:
 
 def main(argv=None):
     cfg = C.load(["mesh"], sys.argv[1:] if argv is None else argv, extra=dict(EXTRA))
-    x = cfg.extra
-    from jaxchat.web.limits import Limits
-
-    lim = Limits()
-    for name, v, lo, hi in (("temperature", x.temperature, lim.min_temperature, lim.max_temperature),
-                            ("top_k", x.top_k, lim.min_top_k, lim.max_top_k),
-                            ("max_tokens", x.max_tokens, lim.min_max_tokens, lim.max_max_tokens)):
-        if not lo <= v <= hi:
-            raise SystemExit(f"--{name} must be between {lo} and {hi}, got {v}")
+    x, lim = cfg.extra, Limits()
+    for name in ("temperature", "top_k", "max_tokens"):
+        lo, hi = getattr(lim, f"min_{name}"), getattr(lim, f"max_{name}")
+        if not lo <= getattr(x, name) <= hi:
+            raise SystemExit(f"--{name} must be between {lo} and {hi}, got {getattr(x, name)}")
     if x.source not in ("base", "mid", "sft", "rl"):
         raise SystemExit(f"--source must be base, mid, sft or rl, got {x.source!r}")
     print(f"jaxchat web: loading the {x.source} model; then open http://{url_host(x.host)}:{x.port}/", flush=True)
-    serve(lambda: build_app(cfg), host=x.host, port=x.port, threads=threads_for(x.max_batch, x.max_queue),
-          debug=x.debug)
-    return 0
+    serve(lambda: build_app(cfg), host=x.host, port=x.port, debug=x.debug, threads=x.max_batch + x.max_queue + 8)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """The benchmark scripts as CI-size smoke tests: each runs as its own process (so its own XLA flags apply),
-exits 0 and ends with a JSON line carrying the figures the README tables are built from."""
+exits 0 and ends with a JSON line carrying the figures dev/BENCHMARKS.md is built from."""
 from __future__ import annotations
 
 import json

@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 
 from jaxchat import engine as E
+from jaxchat.calculator import calculator
 from jaxchat import model as gpt
 from jaxchat import sharding as shd
+from jaxchat.common import bucket
 from jaxchat.config import MeshConfig
 from helpers import tiny_model, tiny_tokenizer
 
@@ -92,6 +94,17 @@ def test_ragged_batch_rows_match_their_own_runs(setup, tok):
     for pr, got in zip(prompts, batch):
         alone, _ = eng.generate_batch(pr, max_tokens=24, temperature=0.0, use_tools=False)
         assert got == alone[0]
+    # several prompts, each prefilled once and copied to its samples (rows ordered prompt by prompt)
+    twice, _ = eng.generate_batch(prompts[:2], num_samples=2, max_tokens=24, temperature=0.0, use_tools=False)
+    assert twice == [batch[0], batch[0], batch[1], batch[1]]
+
+
+def test_too_long_is_a_clear_error(setup, tok):
+    eng = E.Engine(setup[1], setup[0], tok)
+    with pytest.raises(ValueError, match="a prompt of 9000 tokens: the engine takes at most 8192"):
+        eng.start([[1] * 9000], max_tokens=8)
+    with pytest.raises(ValueError, match=r"prompt \(100\) \+ max_tokens \(20000\) exceeds the cache length 16384"):
+        eng.start([[1] * 100], max_tokens=20000)
 
 
 def test_no_recompilation_within_a_bucket_or_while_decoding(setup, tok):
@@ -100,7 +113,7 @@ def test_no_recompilation_within_a_bucket_or_while_decoding(setup, tok):
     prompts = [tok.encode(s, prepend=tok.bos_id)[:n] for s, n in (("a b c d e f g h i j k", 5),
                                                                  ("one two three four five six", 9),
                                                                  ("def f(x): return x * 2 + 1", 13))]
-    assert len({E.bucket(len(x)) for x in prompts}) == 1
+    assert len({bucket(len(x), E.PROMPT_BUCKETS) for x in prompts}) == 1
     eng.generate_batch(prompts[0], max_tokens=256, temperature=1.0, use_tools=False)
     before = (E.prefill._cache_size(), E.run._cache_size())
     for pr in prompts[1:]:
@@ -170,11 +183,11 @@ def test_calculator_tool_use_is_forced_and_marked(setup, tok):
     buf = np.zeros(E.FORCED_CAP, np.int32)
     buf[: len(call)] = call
     st = E.set_forced(st, 0, jnp.asarray(buf), len(call))
-    while bool(np.asarray(st["active"]).any()):
+    while bool(np.asarray(st.active).any()):
         st = E.run(eng.params, st, 1 << 20, cfg=cfg, stops=stops)
         st = eng.handle_tools(st, stops)
-    out = np.asarray(st["out"][0, : int(st["n"][0])]).tolist()
-    smp = np.asarray(st["sampled"][0, : int(st["n"][0])]).tolist()
+    out = np.asarray(st.out[0, : int(st.n[0])]).tolist()
+    smp = np.asarray(st.sampled[0, : int(st.n[0])]).tolist()
     i = out.index(sp("<|python_end|>"))
     expect = [sp("<|output_start|>"), *tok.encode("408"), sp("<|output_end|>")]
     assert out[i + 1: i + 1 + len(expect)] == expect
@@ -185,6 +198,4 @@ def test_calculator_tool_use_is_forced_and_marked(setup, tok):
 def test_rejected_expression_injects_nothing(tok):
     ids = [tok.encode_special("<|python_start|>"), *tok.encode("__import__('os')"), tok.encode_special("<|python_end|>")]
     expr = E._since_last(ids, tok.encode_special("<|python_start|>"), tok.encode_special("<|python_end|>"))
-    from jaxchat.execution import calculator
-
     assert calculator(tok.decode(expr)) is None

@@ -29,8 +29,9 @@ import pytest
 
 from helpers import tiny_model, tiny_tokenizer
 from jaxchat import model as gpt
-from jaxchat.web import EngineService, StreamDecoder, create_app
-from jaxchat.web.service import pick_bucket
+from jaxchat.common import bucket
+from jaxchat.web.app import StreamDecoder, create_app
+from jaxchat.web.service import EngineService
 from scripts.bench_web import sse_events
 
 CACHE = 256
@@ -232,9 +233,9 @@ def test_batched_rows_match_solo_runs_and_seeds(svc, tok):
 
 
 def test_buckets():
-    assert pick_bucket(1, (1, 2, 4, 8)) == 1 and pick_bucket(3, (1, 2, 4, 8)) == 4 and pick_bucket(8, (8,)) == 8
+    assert bucket(1, (1, 2, 4, 8)) == 1 and bucket(3, (1, 2, 4, 8)) == 4 and bucket(8, (8,)) == 8
     with pytest.raises(ValueError):
-        pick_bucket(9, (1, 2, 4, 8))
+        bucket(9, (1, 2, 4, 8))
 
 
 # ----------------------------------------------------------------------------------------------------

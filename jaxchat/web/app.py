@@ -1,45 +1,14 @@
-"""The Flask app: the chat page, the streaming completions API, health and stats.
+"""The Flask app around one engine service: GET / (the chat page, no external resources), POST /chat/completions
+(streams the reply), GET /health (status, model, limits) and GET /stats (queue, rows, tokens/s, request counts).
 
-    app = create_app(engine_service)        # any object with submit / info / stats / ready (see service.py)
-
-Endpoints
-    GET  /                   the chat page (jinja2 template + static JS/CSS; no external resources)
-    POST /chat/completions   {"messages": [...], "temperature"?, "top_k"?, "max_tokens"?, "seed"?, "stream"?: true}
-                             → text/event-stream (below); errors → 4xx/503 JSON {"error": msg, "field": path}
-    GET  /health             {"status": "ok"|"loading"|"error", "ready", "model": {...}, "limits": {...}}
-    GET  /stats              {"queue_length", "max_queue", "active_rows", "max_batch", "tokens_per_second" (over
-                             the last window_s seconds), "requests_served" / "_cancelled" / "_rejected",
-                             "tokens_generated", "ttft_p50_s" (submit → first token, last 256 requests), ...}
-
-Request. `messages` alternate user, assistant, ..., and end with a user message. A message is
-{"role": "user"|"assistant", "content": str}; an assistant message may instead carry a list of parts
-[{"type": "text"|"python"|"python_output", "text": str}] (what this stream produces, so a client can send a
-reply with calculator calls back verbatim). Limits (nanochat's): ≤ 500 messages, ≤ 8,000 characters per
-message, ≤ 32,000 in total, temperature ∈ [0, 2], top_k ∈ [1, 200], max_tokens ∈ [1, 4096], seed ∈ [0, 2³²).
-Defaults come from the app (0.8 / 50 / 512). The rendered prompt plus max_tokens must fit the model's context:
-an explicit max_tokens that does not fit is answered 413; the default max_tokens is lowered to what fits.
-
-Status codes: 400 malformed or out-of-range input, 413 too many messages / characters, or prompt + max_tokens
-over the model's context, 503 + Retry-After when max_queue requests already wait for a row (or the engine is
-not available). Every error names the problem and the offending field.
-
-Stream (Server-Sent Events; each event is one `data: <json>` line and a blank line; lines starting with ':'
-are keep-alive comments):
-    data: {"token": "Hel"}                              reply text, decoded incrementally (never half a
-                                                        UTF-8 character); every "token" of every part,
-                                                        concatenated, is the decoded reply (special tokens
-                                                        are shown only as the part markers below)
-    data: {"part_start": "python"}                      the model calls the calculator
-    data: {"token": "12*34", "part": "python"}          ... the expression it wrote
-    data: {"part_end": "python"}
-    data: {"part_start": "python_output"}               the tool's result (forced into the reply)
-    data: {"token": "408", "part": "python_output"}
-    data: {"part_end": "python_output"}
-    data: {"done": true, "finish_reason": "stop"|"length", "usage": {"prompt_tokens": P,
-           "completion_tokens": C}, "id": "...", "seed": S, "time_to_first_token_s": x, "total_time_s": y}
-    data: {"done": true, "error": "..."}                instead, if the engine failed mid-stream
-completion_tokens counts every token the row produced: sampled text, calculator calls, forced results and
-the closing <|assistant_end|>. A client that closes the connection stops its generation and frees its row.
+A request: {"messages": [...], "temperature"?, "top_k"?, "max_tokens"?, "seed"?, "stream"?: true}; messages
+alternate user, assistant, ... and end with a user message; an assistant's content may be a list of the parts
+the stream produces. Over a limit (limits.py, nanochat's): 4xx, JSON {"error", "field"}; a full queue or no engine:
+503 + Retry-After; a max_tokens given that does not fit the context: 413 (the default is lowered to what fits).
+The reply is Server-Sent Events (`data: <json>`; ':' lines keep alive): {"token"} text, never half a character;
+a calculator call as {"part_start": "python"}, {"token", "part": "python"}, {"part_end": "python"}, its result the
+same with "python_output"; then {"done": true, "finish_reason", "usage", "id", "seed", "time_to_first_token_s",
+"total_time_s"} (or {"done": true, "error"}). A client that closes the connection frees its row.
 """
 from __future__ import annotations
 
@@ -51,10 +20,12 @@ from dataclasses import asdict
 from flask import Flask, Response, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
+from jaxchat.tasks.common import PART_TYPES
 from jaxchat.web.limits import SEED_LIMIT, Defaults, Limits
 from jaxchat.web.service import ContextTooLong, QueueFull, Unavailable
 
 KEEPALIVE_S = 1.0  # an SSE comment this often while a request waits: notices clients that left
+ALLOWED_FIELDS = ("messages", "temperature", "top_k", "max_tokens", "seed", "stream")
 
 
 class ApiError(Exception):
@@ -63,25 +34,13 @@ class ApiError(Exception):
         self.status, self.message, self.field, self.headers = status, message, field, headers or {}
 
 
-ALLOWED_FIELDS = ("messages", "temperature", "top_k", "max_tokens", "seed", "stream")
-PART_TYPES = ("text", "python", "python_output")
+def _type_name(x) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null",
+            int: "integer", float: "number"}.get(type(x), type(x).__name__)
 
 
 def _reject_constant(name):
     raise ValueError(f"{name} is not valid JSON")
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _is_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _type_name(x) -> str:
-    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null",
-            int: "integer", float: "number"}.get(type(x), type(x).__name__)
 
 
 def parse_body(raw: bytes) -> dict:
@@ -118,10 +77,9 @@ def validate(body: dict, limits: Limits = Limits(), defaults: Defaults = Default
         where = f"messages[{i}]"
         if not isinstance(m, dict):
             raise ApiError(400, f"{where} must be an object with 'role' and 'content', got {_type_name(m)}", where)
-        extra = [k for k in m if k not in ("role", "content")]
-        if extra:
-            raise ApiError(400, f"{where} has unknown field {extra[0]!r} (only 'role' and 'content')",
-                           f"{where}.{extra[0]}")
+        for k in m:
+            if k not in ("role", "content"):
+                raise ApiError(400, f"{where} has unknown field {k!r} (only 'role' and 'content')", f"{where}.{k}")
         for k in ("role", "content"):
             if k not in m:
                 raise ApiError(400, f"{where} is missing {k!r}", f"{where}.{k}")
@@ -144,13 +102,11 @@ def validate(body: dict, limits: Limits = Limits(), defaults: Defaults = Default
     if messages[-1]["role"] != "user":
         raise ApiError(400, "the conversation must end with a user message (the last one is from the assistant)",
                        f"messages[{len(messages) - 1}].role")
-    opts = {"max_tokens_given": "max_tokens" in body and body["max_tokens"] is not None}
-    opts["temperature"] = _number(body, "temperature", limits.min_temperature, limits.max_temperature,
-                                  defaults.temperature)
-    opts["top_k"] = _integer(body, "top_k", limits.min_top_k, limits.max_top_k, defaults.top_k)
-    opts["max_tokens"] = _integer(body, "max_tokens", limits.min_max_tokens, limits.max_max_tokens,
-                                  defaults.max_tokens)
-    opts["seed"] = _integer(body, "seed", 0, SEED_LIMIT - 1, None)
+    opts = {"max_tokens_given": body.get("max_tokens") is not None}
+    for name in ("temperature", "top_k", "max_tokens"):
+        lo, hi = getattr(limits, f"min_{name}"), getattr(limits, f"max_{name}")
+        opts[name] = _option(body, name, lo, hi, getattr(defaults, name), integer=name != "temperature")
+    opts["seed"] = _option(body, "seed", 0, SEED_LIMIT - 1, None, integer=True)
     if body.get("stream", True) is not True:
         raise ApiError(400, "only streaming is supported: 'stream' must be true or absent", "stream")
     return messages, opts
@@ -161,50 +117,35 @@ def _content_chars(content, role: str, where: str) -> int:
         if not content.strip():
             raise ApiError(400, f"{where} is empty", where)
         return len(content)
-    if role == "assistant" and isinstance(content, list):
-        if not content:
-            raise ApiError(400, f"{where} is an empty list of parts", where)
-        n = 0
-        for j, part in enumerate(content):
-            pw = f"{where}[{j}]"
-            if not isinstance(part, dict) or part.get("type") not in PART_TYPES or not isinstance(
-                    part.get("text"), str) or set(part) - {"type", "text"}:
-                raise ApiError(400, f"{pw} must be {{\"type\": \"text\"|\"python\"|\"python_output\", "
-                                    "\"text\": string}", pw)
-            n += len(part["text"])
-        if n == 0 or not any(p["text"].strip() for p in content):
-            raise ApiError(400, f"{where} is empty", where)
-        return n
-    kinds = "a string" if role == "user" else "a string or a list of parts"
-    raise ApiError(400, f"{where} must be {kinds}, got {_type_name(content)}", where)
+    if role != "assistant" or not isinstance(content, list):
+        kinds = "a string" if role == "user" else "a string or a list of parts"
+        raise ApiError(400, f"{where} must be {kinds}, got {_type_name(content)}", where)
+    if not content:
+        raise ApiError(400, f"{where} is an empty list of parts", where)
+    for j, part in enumerate(content):
+        if not isinstance(part, dict) or part.get("type") not in PART_TYPES or not isinstance(
+                part.get("text"), str) or set(part) - {"type", "text"}:
+            raise ApiError(400, f"{where}[{j}] must be {{\"type\": \"text\"|\"python\"|\"python_output\", "
+                                "\"text\": string}", f"{where}[{j}]")
+    if not any(p["text"].strip() for p in content):
+        raise ApiError(400, f"{where} is empty", where)
+    return sum(len(p["text"]) for p in content)
 
 
-def _number(body, name, lo, hi, default):
-    if name not in body or body[name] is None:
+def _option(body: dict, name: str, lo, hi, default, integer: bool):
+    """A numeric option: absent or null → default; an integral float is an integer; else in [lo, hi]."""
+    x = body.get(name)
+    if x is None:
         return default
-    x = body[name]
-    if not _is_number(x):
-        raise ApiError(400, f"'{name}' must be a number between {lo:g} and {hi:g}, got {_type_name(x)}", name)
-    if not lo <= x <= hi:
-        raise ApiError(400, f"'{name}' must be between {lo:g} and {hi:g}, got {x:g}", name)
-    return float(x)
-
-
-def _integer(body, name, lo, hi, default):
-    if name not in body or body[name] is None:
-        return default
-    x = body[name]
-    if isinstance(x, float) and x.is_integer():
+    if integer and isinstance(x, float) and x.is_integer():
         x = int(x)
-    if not _is_int(x):
-        raise ApiError(400, f"'{name}' must be an integer between {lo} and {hi}, got {_type_name(x)}", name)
+    show = str if integer else (lambda v: f"{v:g}")  # noqa: E731
+    if isinstance(x, bool) or not (isinstance(x, int) if integer else isinstance(x, (int, float)) and math.isfinite(x)):
+        raise ApiError(400, f"'{name}' must be {'an integer' if integer else 'a number'} between {show(lo)} and "
+                            f"{show(hi)}, got {_type_name(x)}", name)
     if not lo <= x <= hi:
-        raise ApiError(400, f"'{name}' must be between {lo} and {hi}, got {x}", name)
-    return x
-
-
-# ----------------------------------------------------------------------------------------------------
-# Streaming
+        raise ApiError(400, f"'{name}' must be between {show(lo)} and {show(hi)}, got {show(x)}", name)
+    return x if integer else float(x)
 
 
 class StreamDecoder:
@@ -214,130 +155,82 @@ class StreamDecoder:
     MAX_PENDING = 8  # a sequence that stays invalid this long is emitted with U+FFFD (the model's bytes)
 
     def __init__(self, tok):
-        self.tok = tok
+        self.tok, self.part, self.pending = tok, "text", []
         sp = tok.encode_special
         self.marks = {sp("<|python_start|>"): ("part_start", "python"), sp("<|python_end|>"): ("part_end", "python"),
                       sp("<|output_start|>"): ("part_start", "python_output"),
                       sp("<|output_end|>"): ("part_end", "python_output")}
         self.special = set(tok.special_ids.values())
-        self.part = "text"
-        self.pending: list[int] = []
-
-    def _event(self, text: str) -> dict:
-        return {"token": text} if self.part == "text" else {"token": text, "part": self.part}
 
     def feed(self, ids) -> list[dict]:
         events = []
-        for t in ids:
-            t = int(t)
+        for t in map(int, ids):
             if t in self.marks:
-                events += self.flush()
                 kind, part = self.marks[t]
-                events.append({kind: part})
+                events += self.flush() + [{kind: part}]
                 self.part = part if kind == "part_start" else "text"
             elif t in self.special:  # <|assistant_end|>, <|bos|>, or a stray special: not text
                 events += self.flush()
             else:
                 self.pending.append(t)
-                text = self.tok.decode(self.pending)
-                if text.endswith("\ufffd") and len(self.pending) < self.MAX_PENDING:
-                    continue
-                self.pending = []
-                if text:
-                    events.append(self._event(text))
+                if not self.tok.decode(self.pending).endswith("\ufffd") or len(self.pending) >= self.MAX_PENDING:
+                    events += self.flush()
         return events
 
     def flush(self) -> list[dict]:
-        text = self.tok.decode(self.pending) if self.pending else ""
-        self.pending = []
-        return [self._event(text)] if text else []
+        text, self.pending = (self.tok.decode(self.pending) if self.pending else ""), []
+        return [{"token": text, **({"part": self.part} if self.part != "text" else {})}] if text else []
 
 
 def sse(obj: dict) -> str:
     return "data: " + json.dumps(obj, ensure_ascii=False) + "\n\n"
 
 
-class _EventStream:
-    """The response body: iterates the SSE chunks; close() (the server calls it when the client leaves or the
-    response ends — even before the first chunk) cancels the request."""
-
-    def __init__(self, req, tok):
-        self.req, self._gen = req, _events(req, tok)
-
-    def __iter__(self):
-        return self._gen
-
-    def close(self):
-        self._gen.close()
-        self.req.cancel()
-
-
 def _events(req, tok):
+    """The response body: SSE chunks of the request's events (the response cancels the request when it closes)."""
     dec = StreamDecoder(tok)
-    try:
-        yield ": stream open\n\n"
-        while True:
-            try:
-                kind, payload = req.get(timeout=KEEPALIVE_S)
-            except queue.Empty:
-                yield ": keep-alive\n\n"
-                continue
-            if kind == "tokens":
-                chunk = "".join(sse(e) for e in dec.feed(payload))
-                if chunk:
-                    yield chunk
-            elif kind == "done":
-                yield "".join(sse(e) for e in dec.flush()) + sse({"done": True, **payload})
-                return
-            else:
-                yield sse({"done": True, "error": str(payload)})
-                return
-    finally:
-        req.cancel()  # no-op when finished; stops the row when the client went away
+    yield ": stream open\n\n"
+    while True:
+        try:
+            kind, payload = req.events.get(timeout=KEEPALIVE_S)
+        except queue.Empty:
+            yield ": keep-alive\n\n"
+            continue
+        if kind == "tokens" and (chunk := "".join(sse(e) for e in dec.feed(payload))):
+            yield chunk
+        elif kind == "done":
+            yield "".join(sse(e) for e in dec.flush()) + sse({"done": True, **payload})
+            return
+        elif kind == "error":
+            yield sse({"done": True, "error": str(payload)})
+            return
 
 
-# ----------------------------------------------------------------------------------------------------
-# App
-
-
-def create_app(engine_service, *, limits: Limits = Limits(), defaults: Defaults = Defaults(), log=None) -> Flask:
-    """The web app around one engine service (jaxchat.web.service.EngineService or anything with the same
-    submit / info / stats / ready / cache_len / max_tokens_limit / tokenizer). JAX runs only in the service's
-    thread; request threads validate, render prompts, and decode streamed ids."""
-    svc = engine_service
-    tok = svc.tokenizer
-    log = log or (lambda msg: None)
+def create_app(svc, *, limits: Limits = Limits(), defaults: Defaults = Defaults(), log=None) -> Flask:
+    """The app around an engine service (or anything with its submit / info / stats / ready / cache_len /
+    tokenizer). JAX runs only in the service's thread; request threads validate, render and decode."""
+    tok, log = svc.tokenizer, log or (lambda msg: None)
     app = Flask(__name__, template_folder="templates", static_folder="static")
     app.config["MAX_CONTENT_LENGTH"] = limits.max_body_bytes
     app.json.sort_keys = False
-    app.extensions["jaxchat_service"] = svc
 
-    def error(status: int, message: str, field: str | None = None, headers: dict | None = None):
-        resp = jsonify({"error": message, "field": field})
-        resp.status_code = status
-        for k, v in (headers or {}).items():
-            resp.headers[k] = v
+    @app.errorhandler(Exception)  # every error is JSON: ours, HTTP's (404, 405, a body over the limit), and bugs
+    def _error(e: Exception):
+        if isinstance(e, HTTPException):
+            e = ApiError(e.code or 500, f"request body too large (at most {limits.max_body_bytes} bytes)"
+                         if e.code == 413 else f"{e.name}: {e.description}")
+        elif not isinstance(e, ApiError):
+            log(f"internal error: {type(e).__name__}: {e}")
+            e = ApiError(500, f"internal error: {type(e).__name__}")
+        resp = jsonify({"error": e.message, "field": e.field})
+        resp.status_code = e.status
+        resp.headers.update(e.headers)
         return resp
-
-    @app.errorhandler(ApiError)
-    def _api_error(e: ApiError):
-        return error(e.status, e.message, e.field, e.headers)
-
-    @app.errorhandler(HTTPException)
-    def _http_error(e: HTTPException):
-        msg = {413: f"request body too large (at most {limits.max_body_bytes} bytes)"}.get(e.code, e.description)
-        return error(e.code or 500, f"{e.name}: {msg}" if e.code != 413 else msg)
-
-    @app.errorhandler(Exception)
-    def _unexpected(e: Exception):
-        log(f"internal error: {type(e).__name__}: {e}")
-        return error(500, f"internal error: {type(e).__name__}")
 
     @app.after_request
     def _cors(resp):
-        resp.headers["Access-Control-Allow-Origin"] = "*"
-        resp.headers["Access-Control-Allow-Headers"] = "Content-Type"
-        resp.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+        resp.headers.update({"Access-Control-Allow-Origin": "*", "Access-Control-Allow-Headers": "Content-Type",
+                             "Access-Control-Allow-Methods": "GET, POST, OPTIONS"})
         return resp
 
     @app.get("/")
@@ -346,10 +239,10 @@ def create_app(engine_service, *, limits: Limits = Limits(), defaults: Defaults 
 
     @app.get("/health")
     def health():
-        st = svc.stats()
-        status = "error" if st.get("error") else ("ok" if svc.ready else "loading")
-        return jsonify({"status": status, "ready": bool(svc.ready), "error": st.get("error"), "model": svc.info(),
-                        "limits": {**asdict(limits), "max_tokens_limit": svc.max_tokens_limit},
+        err = svc.stats().get("error")
+        return jsonify({"status": "error" if err else ("ok" if svc.ready else "loading"), "ready": bool(svc.ready),
+                        "error": err, "model": svc.info(),
+                        "limits": {**asdict(limits), "max_tokens_limit": svc.cache_len - 2},  # a prompt has 1+ tokens
                         "defaults": asdict(defaults)})
 
     @app.get("/stats")
@@ -358,19 +251,16 @@ def create_app(engine_service, *, limits: Limits = Limits(), defaults: Defaults 
 
     @app.post("/chat/completions")
     def completions():
-        body = parse_body(request.get_data(cache=False))
-        messages, opts = validate(body, limits, defaults)
+        messages, opts = validate(parse_body(request.get_data(cache=False)), limits, defaults)
         prompt = tok.render_for_completion({"messages": messages})
         max_tokens = opts["max_tokens"]
-        if not opts["max_tokens_given"]:
-            max_tokens = min(max_tokens, svc.cache_len - 1 - len(prompt))
-            if max_tokens < 1:
-                max_tokens = opts["max_tokens"]  # nothing fits: let check_fits say so
+        if not opts["max_tokens_given"] and svc.cache_len - 1 - len(prompt) >= 1:
+            max_tokens = min(max_tokens, svc.cache_len - 1 - len(prompt))  # else nothing fits: check_fits says so
         try:
             req = svc.submit(prompt, max_tokens=max_tokens, temperature=opts["temperature"], top_k=opts["top_k"],
                              seed=opts["seed"])
         except ContextTooLong as e:
-            raise ApiError(413, str(e), "messages" if not opts["max_tokens_given"] else "max_tokens") from None
+            raise ApiError(413, str(e), "max_tokens" if opts["max_tokens_given"] else "messages") from None
         except QueueFull as e:
             raise ApiError(503, str(e), None, {"Retry-After": str(e.retry_after)}) from None
         except Unavailable as e:
@@ -378,6 +268,8 @@ def create_app(engine_service, *, limits: Limits = Limits(), defaults: Defaults 
         log(f"request {req.id}: {len(messages)} messages, {len(prompt)} prompt tokens, max_tokens {max_tokens}, "
             f"temperature {opts['temperature']:g}, top_k {opts['top_k']}")
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Request-Id": req.id}
-        return Response(_EventStream(req, tok), mimetype="text/event-stream", headers=headers)
+        resp = Response(_events(req, tok), mimetype="text/event-stream", headers=headers)
+        resp.call_on_close(req.cancel)  # the client left (even before the first chunk) or the reply ended
+        return resp
 
     return app

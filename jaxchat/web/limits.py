@@ -1,7 +1,5 @@
-"""The API's limits (nanochat's) and sampling defaults — no JAX import, so the gunicorn master can check
+"""The API's limits (nanochat's) and sampling defaults; no JAX import, so the gunicorn master can check
 command-line defaults before it forks the worker."""
-from __future__ import annotations
-
 from dataclasses import dataclass
 
 SEED_LIMIT = 2**32  # seeds are uint32 (jax.random.key(seed))
