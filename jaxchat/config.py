@@ -307,63 +307,48 @@ def build(cls: type, values: dict, *, where: str = ""):
 
 def parse_overrides(argv: list[str]) -> tuple[str, dict[str, str], list[str]]:
     """Split argv into (preset, {key: value}, positional). Accepts --k=v, --k v, and bare --flag (= true)."""
-    preset, overrides, positional = "tiny", {}, []
-    i = 0
+    overrides, positional, i = {}, [], 0
     while i < len(argv):
-        arg = argv[i]
+        arg, i = argv[i], i + 1
         if not arg.startswith("--"):
             positional.append(arg)
-            i += 1
             continue
-        body = arg[2:]
-        if "=" in body:
-            key, value = body.split("=", 1)
-        elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
-            key, value = body, argv[i + 1]
-            i += 1
-        else:
-            key, value = body, "true"
-        key = key.replace("-", "_")
-        if key == "preset":
-            preset = value
-        else:
-            overrides[key] = value
-        i += 1
-    return preset, overrides, positional
+        key, eq, value = arg[2:].partition("=")
+        if not eq and i < len(argv) and not argv[i].startswith("--"):
+            value, i = argv[i], i + 1
+        elif not eq:
+            value = "true"
+        overrides[key.replace("-", "_")] = value
+    return overrides.pop("preset", "tiny"), overrides, positional
+
+
+def _fields(section: str) -> set[str]:
+    return {f.name for f in dataclasses.fields(SECTIONS[section])}
 
 
 def load(sections: list[str], argv: list[str] | None = None, *, extra: dict[str, object] | None = None):
-    """Load the named sections from a preset plus CLI overrides.
-
-    Returns a types.SimpleNamespace with one attribute per section, plus `preset` and `extra` (script-only
-    flags, declared by the caller in `extra` as {name: default}).
-    """
-    argv = sys.argv[1:] if argv is None else argv
-    preset, overrides, positional = parse_overrides(argv)
+    """The named sections from a preset plus CLI overrides, as a namespace with one attribute per section, plus
+    `preset` and `extra` (script-only flags, declared by the caller as {name: default})."""
+    preset, overrides, positional = parse_overrides(sys.argv[1:] if argv is None else argv)
     if positional:
         raise ConfigError(f"unexpected argument(s) {positional}; use --key=value")
     data = load_preset(preset)
-    per_section: dict[str, dict] = {s: dict(data.get(s, {})) for s in sections}
-    owners: dict[str, list[str]] = {}
-    for s in sections:
-        for f in dataclasses.fields(SECTIONS[s]):
-            owners.setdefault(f.name, []).append(s)
+    per_section = {s: dict(data.get(s, {})) for s in sections}
     extra = dict(extra or {})
     extras_out = dict(extra)
+    valid = sorted({"preset", *extra}.union(*(_fields(s) for s in sections)))
     for key, value in overrides.items():
-        if "." in key:
-            section, sub = key.split(".", 1)
-            if section not in sections or sub not in {f.name for f in dataclasses.fields(SECTIONS[section])}:
-                raise ConfigError(f"unknown key --{key}; valid keys: {', '.join(_valid_keys(sections, extra))}")
+        section, dot, sub = key.partition(".")
+        if dot:
+            if section not in sections or sub not in _fields(section):
+                raise ConfigError(f"unknown key --{key}; valid keys: {', '.join(valid)}")
             per_section[section][sub] = value
         elif key in extra:
-            default = extra[key]
-            extras_out[key] = _coerce(key, value, type(default)) if default is not None else value
-        elif key in owners:  # a key two sections share (e.g. [sft] and [train]) goes to both
-            for s in owners[key]:
+            extras_out[key] = _coerce(key, value, type(extra[key])) if extra[key] is not None else value
+        elif owners := [s for s in sections if key in _fields(s)]:
+            for s in owners:  # a key two sections share (e.g. [sft] and [train]) goes to both
                 per_section[s][key] = value
         else:
-            valid = _valid_keys(sections, extra)
             hint = difflib.get_close_matches(key, valid, n=1)
             raise ConfigError(f"unknown key --{key}" + (f" (did you mean --{hint[0]}?)" if hint else "")
                               + f"; valid keys: {', '.join(valid)}")
@@ -371,11 +356,3 @@ def load(sections: list[str], argv: list[str] | None = None, *, extra: dict[str,
     for s in sections:
         setattr(out, s, build(SECTIONS[s], per_section[s], where=f"[{s}] "))
     return out
-
-
-def _valid_keys(sections: list[str], extra: dict) -> list[str]:
-    keys = {"preset", *extra}
-    for s in sections:
-        keys.update(f.name for f in dataclasses.fields(SECTIONS[s]))
-    return sorted(keys)
-

@@ -1,19 +1,11 @@
-"""The GPT: nanochat V1's architecture as a Flax NNX module and as pure functions over a params dict.
+"""The GPT: nanochat V1's architecture as a Flax NNX module (init and axis metadata) and a pure `forward`.
 
-Architecture (nanochat V1, `reference/nanochat.md` §2): token embedding → param-free RMSNorm → `depth` pre-norm
-blocks [x += attn(norm(x)); x += mlp(norm(x))] → RMSNorm → untied lm_head → fp32 logits soft-capped at 15.
-Attention: separate q/k/v projections, rotary (θ=10k, split halves) on q and k, then RMSNorm on q and k,
-causal softmax attention with GQA, output projection. MLP: ReLU² with 4× width. No biases anywhere.
-
-Params are one nested dict with the layers stacked on a leading axis (so `lax.scan` can run them):
-    wte      [V, D]            lm_head   [D, V]
-    blocks.wq [L, D, H·Dh]     blocks.wk [L, D, K·Dh]   blocks.wv [L, D, K·Dh]   blocks.wo [L, H·Dh, D]
-    blocks.w_fc [L, D, F]      blocks.w_proj [L, F, D]
-`GPT` (NNX) builds them with nanochat's init and carries each weight's logical axes as metadata; at every
-jit boundary we take the plain dict (`init_params`) and call the pure `forward` — a notebook user can do
-the same by hand. Shape suffixes in names: B batch, T query length, S cache length, D width, H heads,
-K kv heads, G = H/K, Dh head dim, V vocab, L layers, F MLP width.
-"""
+embedding → RMSNorm → `depth` pre-norm blocks [x += attn(norm(x)); x += mlp(norm(x))] → RMSNorm → untied lm_head
+→ fp32 logits soft-capped at 15. Attention: q/k/v projections, rotary (split halves) then RMSNorm on q and k,
+causal GQA; MLP: ReLU², 4× width; no biases. Params are one dict, layers stacked on a leading axis (for scan):
+wte [V, D], lm_head [D, V], blocks.{wq [L, D, H·Dh], wk/wv [L, D, K·Dh], wo [L, H·Dh, D], w_fc [L, D, F],
+w_proj [L, F, D]}. Name suffixes: B batch, T query length, S cache length, D width, H heads, K kv heads,
+G = H/K, Dh head dim, V vocab, L layers, F MLP width."""
 from __future__ import annotations
 
 import math
@@ -211,12 +203,10 @@ def window_index(need, cache_len: int):
 
 def block(p: Params, x_BxTxD, cos, sin, cfg: ModelConfig, kv=None, pos_B=None, qpos_BxT=None, fresh: bool = False,
           window_idx=None):
-    """One transformer block. With `kv` = (k, v), this layer's caches [B,K,S,Dh], the new keys and values are
-    written at each row's position and attention reads the cache (or, when `fresh`, the chunk itself: a
-    prefill into an empty cache needs no cache reads). With `window_idx` (decode), attention reads only the
-    first `decode_windows(S)[window_idx]` keys — the caller guarantees every query it cares about sits below
-    that — so a step's attention cost follows the longest live row, not the cache's allocated length; one
-    compiled step holds a branch per window. Returns (x, kv)."""
+    """One block; returns (x, kv). With `kv` = this layer's caches [B,K,S,Dh], new keys/values are written at each
+    row's position and attention reads the cache (when `fresh`, the chunk alone: the cache is empty). With
+    `window_idx` (decode) it reads only the first `decode_windows(S)[window_idx]` keys, so a step costs what the
+    longest live row needs, not the allocated length (one branch per window in the compiled step)."""
     B, T, D = x_BxTxD.shape
     H, K, Dh = cfg.n_head, cfg.kv_heads, cfg.head_dim
     dt = x_BxTxD.dtype
@@ -279,7 +269,8 @@ def placed(tree, axes_tree, cfg: ModelConfig):
     if mesh.empty or mesh.size == 1:
         return tree
     dt = jnp.dtype(cfg.compute_dtype)
-    return jax.tree.map(lambda p, ax: _cast_in_place(p, dt, ax), tree, axes_tree, is_leaf=lambda x: isinstance(x, tuple))
+    return jax.tree.map(lambda p, ax: _cast_in_place(p, dt, ax), tree, axes_tree,
+                        is_leaf=lambda x: isinstance(x, tuple))
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(1, 2))
@@ -299,10 +290,9 @@ _cast_in_place.defvjp(_cast_fwd, _cast_bwd)
 
 
 def fsdp_layer(body, layer_axes: dict, cfg: ModelConfig):
-    """A training layer `body(x, p) -> (x, None)` run per device over the batch axes (FSDP written out, as
-    nanodo and nanochat do it): each device gathers the layer's weights in the compute dtype, runs its own
-    rows, and sends its float32 weight gradients back as one reduce-scatter per layer. Left to the SPMD
-    partitioner, XLA all-reduced each layer's whole gradient and sliced it (the `tensor` axis stays automatic)."""
+    """A training layer `body(x, p) -> (x, None)` run per device over the batch axes (FSDP written out, as nanodo
+    does): each device gathers the layer's weights in the compute dtype and reduce-scatters its float32 gradients.
+    Left to the partitioner, XLA:CPU all-reduced each layer's whole gradient (the `tensor` axis stays automatic)."""
     mesh = jax.sharding.get_abstract_mesh()
     batch = RULES["batch"]
     axes = tuple(a for a in ((batch,) if isinstance(batch, str) else batch) if mesh.shape[a] > 1)
@@ -372,14 +362,9 @@ def _remat_policy(cfg: ModelConfig):
 
 def hidden_states(params: Params, tokens_BxT, cfg: ModelConfig, *, cache=None, lengths_B=None, fresh: bool = False,
                   window_idx=None):
-    """Embedding → blocks → final norm. Returns (h_BxTxD, new_cache or None).
-
-    With `cache` ({"k","v": L arrays [B,K,S,Dh], "pos": [B] int32}), the tokens are written at each row's `pos`,
-    rotary uses absolute positions pos + t, attention sees the cache, and the returned cache has
-    pos += lengths_B (default T; right-padded rows pass their true lengths — padding lands beyond the new
-    pos, is never attended to, and is overwritten by the next tokens). `fresh=True` promises the cache is
-    empty for these rows (pos = 0), so attention runs over the chunk alone; `window_idx` limits a decode
-    step's attention to a key window (see `block`)."""
+    """Embedding → blocks → final norm: (h_BxTxD, new cache or None). With `cache` ({"k","v": L × [B,K,S,Dh],
+    "pos": [B]}) tokens land at each row's pos (rotary at pos + t) and the new cache has pos += lengths_B (default
+    T; right padding lands past the new pos and is overwritten later). `fresh`: the cache is empty (pos = 0)."""
     dt = jnp.dtype(cfg.compute_dtype)
     B, T = tokens_BxT.shape
     # pinned before the norm: the lookup's re-layout (wte is sharded on its width) then moves compute-dtype rows
@@ -436,12 +421,9 @@ def forward(params: Params, tokens_BxT, cfg: ModelConfig, *, cache=None, lengths
 
 
 def token_nll(params: Params, tokens_BxT, targets_BxT, cfg: ModelConfig):
-    """Per-token negative log-likelihood [B, T] (float32); positions with target < 0 give 0.
-
-    The loss is logsumexp(capped logits) − capped gold logit, written out by hand: optax's integer-label
-    cross-entropy behind the tanh soft-cap was ~3× slower in the backward pass on CPU. With
-    `cfg.loss_chunk > 0` the lm_head, soft-cap and logsumexp run over chunks along T under remat, so the
-    full [B, T, V] float32 logits never exist at once (65,536-vocab presets on GPU)."""
+    """Per-token NLL [B, T] (float32; 0 where target < 0): logsumexp − gold of the capped logits, by hand (optax's
+    cross-entropy behind the soft-cap was 3× slower backward on CPU). `cfg.loss_chunk > 0` runs the head over
+    chunks along T under remat, so the [B, T, V] float32 logits never exist at once."""
     h, _ = hidden_states(params, tokens_BxT, cfg)
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or mesh.size == 1:
