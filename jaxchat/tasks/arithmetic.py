@@ -5,14 +5,11 @@ divisions are exact and answers are integers. The reply is deliberately rigid so
 "Let me calculate 37 * 48 with the calculator.\n", python "37*48" (`//` for "/", so the tool prints an
 integer), output "1776", "\n37 * 48 = 1776.\n#### 1776". The python expression is the split key (`split_of`).
 """
-from __future__ import annotations
-
 import random
 
 from jaxchat.tasks.common import SyntheticTask, split_of
 
-NAMES = ["Tom", "Anna", "Ben", "Maria", "Sam", "Lena", "Omar", "Julia", "Ken", "Priya", "Leo", "Sara", "Max",
-         "Nina", "Ivan", "Emma", "Raj", "Zoe", "Carlos", "Mia"]
+NAMES = "Tom Anna Ben Maria Sam Lena Omar Julia Ken Priya Leo Sara Max Nina Ivan Emma Raj Zoe Carlos Mia".split()
 ITEMS = ["apples", "pencils", "marbles", "cookies", "stickers", "books", "cards", "eggs", "oranges", "coins",
          "candies", "shells", "stamps", "balloons", "flowers"]
 GOODS = ["notebook", "ticket", "shirt", "lamp", "toy car", "chair", "book", "cake", "plant", "hat"]
@@ -45,9 +42,8 @@ def _bare(rng):
         a = b * rng.randint(1, 9999 // b)  # dividend stays within 4 digits
     if op == "*":
         b = _num(rng, rng.choice([2, 3, 4]))
-    disp = f"{a} {op} {b}"
     shown = f"{a} {rng.choice(SHOW_OP[op]) if rng.random() < 0.3 else op} {b}"
-    return rng.choice(BARE).format(e=shown), disp
+    return rng.choice(BARE).format(e=shown), f"{a} {op} {b}"
 
 
 def _bare_two_step(rng):
@@ -78,11 +74,8 @@ def _word(rng):
                 (f"A car drives at {b} km per hour for {a} hours. How many km does it travel?", f"{b} * {a}")][kind]
     if kind in (6, 7):
         a = rng.randint(1, 9999 // b)  # a * b stays within 4 digits
-    if kind == 6:
-        return (f"A train travels {a * b} km in {b} hours at a constant speed. What is its speed in km per hour?",
-                f"{a * b} / {b}")
-    if kind == 7:
-        return (f"{n} shares {a * b} {it} equally among {b} friends. How many {it} does each friend get?",
+        return ((f"A train travels {a * b} km in {b} hours at a constant speed. What is its speed in km per hour?",
+                 f"{n} shares {a * b} {it} equally among {b} friends. How many {it} does each friend get?")[kind - 6],
                 f"{a * b} / {b}")
     if kind == 8:
         c = _num(rng, 2)
@@ -105,18 +98,9 @@ def _word(rng):
 
 def solve(disp: str) -> int:
     """Exact integer value of a display expression (checks every division is exact)."""
-    value = eval(_py(disp).replace("//", "/"), {"__builtins__": {}}, {})  # digits and + - * / ( ) only
+    value = eval(disp, {"__builtins__": {}}, {})  # digits and + - * / ( ) only
     assert float(value).is_integer(), disp
     return int(value)
-
-
-def arithmetic_conversation(question: str, disp: str, rng: random.Random) -> dict:
-    answer = str(solve(disp))
-    parts = [{"type": "text", "text": rng.choice(INTROS).format(d=disp)}, {"type": "python", "text": _py(disp)},
-             {"type": "python_output", "text": answer},
-             {"type": "text", "text": f"\n{disp} = {answer}.\n#### {answer}"}]
-    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": parts}],
-            "answer": answer, "expression": _py(disp)}
 
 
 class Arithmetic(SyntheticTask):
@@ -131,5 +115,12 @@ class Arithmetic(SyntheticTask):
             gen = _bare if r < 0.4 else _bare_two_step if r < 0.5 else _word
             question, disp = gen(rng)
             if (gen is _bare or solve(disp) >= 0) and split_of(_py(disp)) == self.split:
-                return arithmetic_conversation(question, disp, rng)
-        raise RuntimeError("no arithmetic problem found for this split")  # pragma: no cover
+                break
+        else:  # pragma: no cover
+            raise RuntimeError("no arithmetic problem found for this split")
+        answer, py = str(solve(disp)), _py(disp)
+        parts = [{"type": "text", "text": rng.choice(INTROS).format(d=disp)}, {"type": "python", "text": py},
+                 {"type": "python_output", "text": answer},
+                 {"type": "text", "text": f"\n{disp} = {answer}.\n#### {answer}"}]
+        return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": parts}],
+                "answer": answer, "expression": py}

@@ -1,12 +1,8 @@
-"""Human conversation corpora: ChitChat and ChatterBot (pip packages, train-only) and SmolTalk (hub).
-
-ChitChat: 7,168 human chats, the first sender is the user, a turn's messages joined with newlines, chats without
-an assistant turn skipped. ChatterBot: 2,026 English entries of alternating utterances. Their "val" split is the
-~2% whose key (ChitChat: conversation id; ChatterBot: normalised first utterance) hashes to bucket 0-1 of 100.
-SmolTalk (smol-smoltalk) is visited in a fixed permutation (seed 42), like nanochat's `.shuffle(seed=42)`.
+"""Human conversation corpora: ChitChat and ChatterBot (pip packages, train-only) and SmolTalk (hub). ChitChat:
+7,168 human chats, the first sender is the user. ChatterBot: 2,026 English entries of alternating utterances. Their
+"val" split is the ~2% whose key (ChitChat: conversation id; ChatterBot: normalised first utterance) hashes to
+bucket 0-1 of 100. SmolTalk (smol-smoltalk) is visited in a fixed permutation, like nanochat's `.shuffle(seed=42)`.
 """
-from __future__ import annotations
-
 import json
 from functools import lru_cache
 from itertools import groupby
@@ -17,17 +13,11 @@ import yaml
 from jaxchat.tasks.common import Task, check_split, hub_table, normalize_text, package_dir, stable_hash
 
 
-def _alternating(turns) -> list[dict]:
-    msgs = [{"role": "user" if i % 2 == 0 else "assistant", "content": t} for i, t in enumerate(turns)]
-    return msgs[: len(msgs) // 2 * 2]  # end on an assistant turn
-
-
 @lru_cache(maxsize=None)
 def load_chitchat() -> tuple[tuple[str, tuple[str, ...]], ...]:
     """(conversation id, turns) of every chat with a user and an assistant turn; a turn is one sender's
     consecutive messages (also across an empty turn), joined with newlines."""
-    with open(package_dir("chitchat_dataset") / "dataset.json", encoding="utf-8") as f:
-        data = json.load(f)
+    data = json.loads((package_dir("chitchat_dataset") / "dataset.json").read_text(encoding="utf-8"))
     out = []
     for cid, conv in data.items():
         messages = [(m["sender"], m["text"].strip()) for turn in conv["messages"] for m in turn if m["text"].strip()]
@@ -42,39 +32,33 @@ def load_chatterbot() -> tuple[tuple[str, tuple[str, ...]], ...]:
     """(file stem, utterances) for every English entry with at least a question and an answer."""
     out = []
     for path in sorted((package_dir("chatterbot_corpus") / "data" / "english").glob("*.yml")):
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-        for conv in data.get("conversations") or []:
+        for conv in yaml.safe_load(path.read_text(encoding="utf-8")).get("conversations") or []:
             turns = tuple(str(t).strip() for t in conv if str(t).strip()) if isinstance(conv, list) else ()
             if len(turns) >= 2:
                 out.append((path.stem, turns))
     return tuple(out)
 
 
-def _split_rows(rows, key, split: str, exclude) -> list:
-    """The rows whose key hashes into `split`, minus those whose opening message is in `exclude`."""
-    return [r for r in rows if (stable_hash(key(r)) % 100 < 2) == (split == "val")
-            and normalize_text(r[1][0]) not in exclude]
+class _Corpus(Task):
+    """(key, turns) rows in the split, minus those whose normalised opening message is in `exclude`."""
 
-
-class ChitChat(Task):
     def __init__(self, split: str = "train", exclude=frozenset(), **kw):
         super().__init__(split=check_split(split, ("train", "val")), **kw)
-        self.rows = _split_rows(load_chitchat(), lambda r: r[0], split, exclude)
+        self.rows = [r for r in self.load() if (stable_hash(self.split_key(r)) % 100 < 2) == (split == "val")
+                     and normalize_text(r[1][0]) not in exclude]
 
     def get_example(self, index):
-        cid, turns = self.rows[index]
-        return {"messages": _alternating(turns), "id": cid}
+        key, turns = self.rows[index]
+        msgs = [{"role": "user" if i % 2 == 0 else "assistant", "content": t} for i, t in enumerate(turns)]
+        return {"messages": msgs[: len(msgs) // 2 * 2], self.key_name: key}  # end on an assistant turn
 
 
-class ChatterBot(Task):
-    def __init__(self, split: str = "train", exclude=frozenset(), **kw):
-        super().__init__(split=check_split(split, ("train", "val")), **kw)
-        self.rows = _split_rows(load_chatterbot(), lambda r: normalize_text(r[1][0]), split, exclude)
+class ChitChat(_Corpus):
+    load, key_name, split_key = staticmethod(load_chitchat), "id", staticmethod(lambda row: row[0])
 
-    def get_example(self, index):
-        topic, turns = self.rows[index]
-        return {"messages": _alternating(turns), "topic": topic}
+
+class ChatterBot(_Corpus):
+    load, key_name, split_key = staticmethod(load_chatterbot), "topic", staticmethod(lambda r: normalize_text(r[1][0]))
 
 
 class SmolTalk(Task):

