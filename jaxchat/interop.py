@@ -1,9 +1,7 @@
-"""Interop: nanochat (V1) PyTorch checkpoints and tiktoken tokenizers, and self-contained safetensors files
-(torch, tiktoken and safetensors, the `interop` extra, are imported only when needed).
-
-Since Dec 2025 nanochat pads the vocab rows of wte / lm_head to a multiple of 64 (never used): the import keeps
-the first vocab_size rows, the export pads with zeros. nanochat V1 rounds its rotary tables to bfloat16, jaxchat
-keeps float32: logits agree to ~5e-4 relative (~1e-6 against a float32-table implementation of the spec).
+"""Interop: nanochat (V1) PyTorch checkpoints and tiktoken tokenizers, and self-contained safetensors files (torch,
+tiktoken and safetensors, the `interop` extra, are imported only when needed). Since Dec 2025 nanochat pads the vocab
+rows of wte / lm_head to a multiple of 64 (never used): the import drops them, the export pads with zeros. nanochat
+V1 rounds its rotary tables to bfloat16, jaxchat keeps float32: logits agree to ~5e-4 relative (~1e-6 in float32).
 """
 from __future__ import annotations
 
@@ -46,46 +44,31 @@ def _require(module: str):  # an optional dependency (the interop extra): import
                           "(torch==2.13.0, tiktoken==0.14.0, safetensors==0.8.0)") from e
 
 
-# ----------------------------------------------------------------------------------------------------
-# configs and params
-
-
 def nanochat_model_config(cfg: ModelConfig) -> dict:
     """jaxchat ModelConfig → nanochat's GPTConfig kwargs (exactly its six fields)."""
     return {"sequence_len": cfg.max_seq_len, "vocab_size": cfg.vocab_size, "n_layer": cfg.n_layer,
             "n_head": cfg.n_head, "n_kv_head": cfg.kv_heads, "n_embd": cfg.n_embd}
 
 
-def config_from_nanochat(mc: dict, **overrides) -> ModelConfig:
+def config_from_nanochat(mc: dict) -> ModelConfig:
     """nanochat model_config → a depth-derived ModelConfig of exactly that shape (nanochat's defaults first)."""
-    try:
-        L, D, H = int(mc["n_layer"]), int(mc["n_embd"]), int(mc["n_head"])
-        V, T = int(mc["vocab_size"]), int(mc["sequence_len"])
-        K = int(mc.get("n_kv_head") or H)
-    except KeyError as e:
-        raise InteropError(f"nanochat model_config lacks {e.args[0]!r}: {mc}") from None
-    if D % H or H % K:
-        raise InteropError(f"n_head={H} must divide n_embd={D}, and n_kv_head={K} must divide n_head")
+    keys = ("n_layer", "n_embd", "n_head", "vocab_size", "sequence_len")
+    if missing := [k for k in keys if k not in mc]:
+        raise InteropError(f"nanochat model_config lacks {missing}: {mc}")
+    L, D, H, V, T = (int(mc[k]) for k in keys)
+    K = int(mc.get("n_kv_head") or H)
     if D % L:
         raise InteropError(f"n_embd={D} is not a multiple of n_layer={L}: jaxchat derives the width as "
                            f"aspect_ratio·depth, so this shape cannot be expressed")
     for ar, hdt in [(64, 128), (D // L, 128), (64, D // H), (D // L, D // H)]:
         try:
             cfg = ModelConfig(depth=L, vocab_size=V, max_seq_len=T, aspect_ratio=ar, head_dim_target=hdt,
-                              n_kv_head=0 if K == H else K, **overrides)
+                              n_kv_head=0 if K == H else K)
         except ConfigError:  # e.g. n_kv_head does not divide this candidate's head count
             continue
         if (cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.head_dim, cfg.kv_heads) == (L, D, H, D // H, K):
             return cfg
     raise InteropError(f"no depth-derived jaxchat config reproduces {mc}")
-
-
-def shape_summary(cfg: ModelConfig) -> dict:
-    """The derived dimensions a standalone runner needs (scripts/run_numpy.py)."""
-    return {"n_layer": cfg.n_layer, "n_embd": cfg.n_embd, "n_head": cfg.n_head, "n_kv_head": cfg.kv_heads,
-            "head_dim": cfg.head_dim, "mlp_dim": cfg.mlp_dim, "vocab_size": cfg.vocab_size,
-            "max_seq_len": cfg.max_seq_len, "rope_theta": cfg.rope_theta, "softcap": cfg.softcap,
-            "rms_eps": float(np.finfo(np.float32).eps)}
 
 
 def check_params(params: dict, cfg: ModelConfig) -> None:
@@ -98,22 +81,18 @@ def state_dict_to_params(sd: dict[str, np.ndarray], cfg: ModelConfig) -> dict:
     """nanochat state dict (numpy; torch.compile's `_orig_mod.` prefixes allowed) → jaxchat params (numpy
     float32). Rotary cos/sin buffers are ignored; any other unknown key (a post-V1 architecture) is an error."""
     sd = {k.removeprefix("_orig_mod."): v for k, v in sd.items()}
-    used = set()
-
-    def take(key):
-        if key not in sd:
-            raise InteropError(f"state dict lacks {key!r} (has {sorted(sd)[:8]}...)")
-        used.add(key)
-        return np.asarray(sd[key], np.float32)
-
-    V = cfg.vocab_size  # nanochat's padding rows (never used) are dropped; check_params catches too few
-    params = {"wte": np.ascontiguousarray(take("transformer.wte.weight")[:V]),
-              "lm_head": np.ascontiguousarray(take("lm_head.weight")[:V].T),
-              "blocks": {name: np.stack([take(f"transformer.h.{i}.{key}").T for i in range(cfg.n_layer)])
-                         for name, key in LAYER_KEYS.items()}}
-    extra = [k for k in sd if k not in used and not k.endswith(("cos", "sin"))]
-    if extra:
+    keys = ["transformer.wte.weight", "lm_head.weight",
+            *(f"transformer.h.{i}.{key}" for i in range(cfg.n_layer) for key in LAYER_KEYS.values())]
+    if missing := [k for k in keys if k not in sd]:
+        raise InteropError(f"state dict lacks {missing[:4]} (has {sorted(sd)[:8]}...)")
+    if extra := [k for k in sd if k not in keys and not k.endswith(("cos", "sin"))]:
         raise InteropError(f"unexpected state-dict keys (not nanochat V1's architecture?): {extra[:10]}")
+    w = {k: np.asarray(sd[k], np.float32) for k in keys}
+    V = cfg.vocab_size  # nanochat's padding rows (never used) are dropped; check_params catches too few
+    params = {"wte": np.ascontiguousarray(w["transformer.wte.weight"][:V]),
+              "lm_head": np.ascontiguousarray(w["lm_head.weight"][:V].T),
+              "blocks": {name: np.stack([w[f"transformer.h.{i}.{key}"].T for i in range(cfg.n_layer)])
+                         for name, key in LAYER_KEYS.items()}}
     check_params(params, cfg)
     return params
 
@@ -122,14 +101,13 @@ def params_to_state_dict(params: dict, cfg: ModelConfig, *, pad_vocab_to: int = 
     """jaxchat params → nanochat state dict (numpy float32, [out, in], vocab rows zero-padded to a multiple
     of `pad_vocab_to`: 64 for nanochat V1, 1 for pre-Dec-2025 nanochat)."""
     check_params(params, cfg)
-    rows = -(-cfg.vocab_size // max(1, pad_vocab_to)) * max(1, pad_vocab_to) - cfg.vocab_size
+    rows = -cfg.vocab_size % max(1, pad_vocab_to)  # zero rows up to a multiple of pad_vocab_to
     pad = lambda w_VxD: np.pad(np.asarray(w_VxD, np.float32), ((0, rows), (0, 0)))  # noqa: E731
-    sd = {"transformer.wte.weight": pad(params["wte"])}
     blocks = jax.tree.map(np.asarray, params["blocks"])
-    sd.update({f"transformer.h.{i}.{key}": np.ascontiguousarray(blocks[name][i].T, np.float32)
-               for i in range(cfg.n_layer) for name, key in LAYER_KEYS.items()})
-    sd["lm_head.weight"] = pad(np.asarray(params["lm_head"]).T)
-    return sd
+    return {"transformer.wte.weight": pad(params["wte"]),
+            **{f"transformer.h.{i}.{key}": np.ascontiguousarray(blocks[name][i].T, np.float32)
+               for i in range(cfg.n_layer) for name, key in LAYER_KEYS.items()},
+            "lm_head.weight": pad(np.asarray(params["lm_head"]).T)}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -148,8 +126,7 @@ def find_nanochat_dir(path: str | Path) -> Path:
         raise InteropError(f"no nanochat checkpoint folder at {p}")
     if nanochat_steps(p):
         return p
-    tags = [t for t in p.iterdir() if t.is_dir() and nanochat_steps(t)]
-    if not tags:
+    if not (tags := [t for t in p.iterdir() if t.is_dir() and nanochat_steps(t)]):
         raise InteropError(f"{p} has no model_XXXXXX.pt files (nor model-tag folders holding them)")
     depth = lambda t: int(m[1]) if (m := re.match(r"^d(\d+)$", t.name)) else -1  # noqa: E731
     return max(tags, key=lambda t: (depth(t), t.stat().st_mtime))
@@ -164,17 +141,14 @@ def load_nanochat(path: str | Path, step: int | None = None) -> tuple[dict, Mode
     if step not in steps:
         raise InteropError(f"{d} has no step {step}; steps: {steps}")
     meta_path = d / f"meta_{step:06d}.json"
-    if not meta_path.is_file():
-        raise InteropError(f"{meta_path} is missing (nanochat writes model_ and meta_ files together)")
-    meta = json.loads(meta_path.read_text())
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     if "model_config" not in meta:
-        raise InteropError(f"{meta_path} has no model_config")
+        raise InteropError(f"{meta_path} is missing or has no model_config (nanochat writes model_ and meta_ files "
+                           "together)")
     cfg = config_from_nanochat(meta["model_config"])
-    try:
+    with contextlib.suppress(Exception):  # no jaxchat block, or a foreign or stale one: the nanochat fields rule
         mine = C.build(ModelConfig, meta["jaxchat"]["model"])
         cfg = mine if nanochat_model_config(mine) == nanochat_model_config(cfg) else cfg
-    except Exception:  # no jaxchat block, or a foreign or stale one: the nanochat fields rule
-        pass
     torch = _require("torch")
     sd = torch.load(str(d / f"model_{step:06d}.pt"), map_location="cpu", weights_only=True)
     sd = {k: v.detach().to(torch.float32).numpy() for k, v in sd.items()}  # bf16 (nanochat on CUDA) upcast exactly
@@ -201,15 +175,12 @@ def save_jaxchat(params: dict, cfg: ModelConfig, stage: str, model_tag: str, ste
     """Save params as the jaxchat checkpoint that ``--source=<stage> --model_tag=<model_tag>`` loads."""
     check_params(params, cfg)
     d = stage_dir(stage, model_tag)
-    ck = Checkpoints(d, keep=0, async_save=False)
-    try:
+    with contextlib.closing(Checkpoints(d, keep=0, async_save=False)) as ck:
         if ck.steps() and not overwrite:
             raise InteropError(f"{d} already holds checkpoints {ck.steps()}; pick another model tag or "
                                "overwrite (--force)")
-        meta = dict(meta or {}, model=dataclasses.asdict(cfg))
-        ck.save(int(step), params=jax.tree.map(jnp.asarray, params), meta=meta)
-    finally:
-        ck.close()
+        ck.save(int(step), params=jax.tree.map(jnp.asarray, params),
+                meta=dict(meta or {}, model=dataclasses.asdict(cfg)))
     return d
 
 
@@ -224,40 +195,29 @@ def load_jaxchat(stage: str, model_tag: str | None = None, step: int | None = No
 # and (optionally) tokenizer_kind, tokenizer, special_tokens: self-contained, and its tensors are exactly the params
 
 
-def flatten_params(params: dict) -> dict[str, np.ndarray]:
-    flat = {"wte": params["wte"], "lm_head": params["lm_head"]}
-    flat.update({f"blocks.{k}": v for k, v in params["blocks"].items()})
-    return {k: np.ascontiguousarray(np.asarray(v)) for k, v in flat.items()}
-
-
-def unflatten_params(flat: dict[str, np.ndarray]) -> dict:
-    params = {k: v for k, v in flat.items() if not k.startswith("blocks.")}
-    return dict(params, blocks={k.removeprefix("blocks."): v for k, v in flat.items() if k.startswith("blocks.")})
-
-
-def tokenizer_metadata(tokenizer) -> dict[str, str]:
-    """String metadata that embeds a tokenizer: the sentencepiece proto (base64), or tiktoken's ranks as JSON."""
-    if isinstance(tokenizer, NanochatTokenizer):
-        enc = tokenizer.enc
-        ranks = [[base64.b64encode(b).decode("ascii"), r] for b, r in enc._mergeable_ranks.items()]
-        blob = json.dumps({"name": enc.name, "pat_str": enc._pat_str, "special_tokens": enc._special_tokens,
-                           "mergeable_ranks": ranks})
-        kind = "tiktoken"
-    else:
-        blob, kind = base64.b64encode(tokenizer.model_proto).decode("ascii"), "sentencepiece"
-    special = json.dumps({name: int(tokenizer.encode_special(name)) for name in SPECIAL_TOKENS})
-    return {"tokenizer_kind": kind, "tokenizer": blob, "special_tokens": special}
-
-
 def export_safetensors(params: dict, cfg: ModelConfig, path: str | Path, tokenizer=None) -> Path:
-    """One self-contained .safetensors file (see above); ``scripts/run_numpy.py`` runs it with NumPy alone."""
+    """One self-contained .safetensors file (see above) that ``scripts/run_numpy.py`` runs with NumPy alone."""
     st = _require("safetensors.numpy")
     check_params(params, cfg)
-    meta = {"format": "np", "jaxchat_config": json.dumps(dataclasses.asdict(cfg)),
-            "jaxchat_shape": json.dumps(shape_summary(cfg)), **(tokenizer_metadata(tokenizer) if tokenizer else {})}
+    shape = {"n_layer": cfg.n_layer, "n_embd": cfg.n_embd, "n_head": cfg.n_head, "n_kv_head": cfg.kv_heads,
+             "head_dim": cfg.head_dim, "mlp_dim": cfg.mlp_dim, "vocab_size": cfg.vocab_size,
+             "max_seq_len": cfg.max_seq_len, "rope_theta": cfg.rope_theta, "softcap": cfg.softcap,
+             "rms_eps": float(np.finfo(np.float32).eps)}
+    meta = {"format": "np", "jaxchat_config": json.dumps(dataclasses.asdict(cfg)), "jaxchat_shape": json.dumps(shape)}
+    if isinstance(tokenizer, NanochatTokenizer):  # tiktoken's ranks as JSON
+        enc = tokenizer.enc
+        ranks = [[base64.b64encode(b).decode("ascii"), r] for b, r in enc._mergeable_ranks.items()]
+        blob = dict(name=enc.name, pat_str=enc._pat_str, special_tokens=enc._special_tokens, mergeable_ranks=ranks)
+        meta.update(tokenizer_kind="tiktoken", tokenizer=json.dumps(blob))
+    elif tokenizer:  # the sentencepiece proto
+        meta.update(tokenizer_kind="sentencepiece", tokenizer=base64.b64encode(tokenizer.model_proto).decode("ascii"))
+    if tokenizer:
+        meta["special_tokens"] = json.dumps({name: int(tokenizer.encode_special(name)) for name in SPECIAL_TOKENS})
+    flat = {"wte": params["wte"], "lm_head": params["lm_head"],
+            **{f"blocks.{k}": v for k, v in params["blocks"].items()}}
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    st.save_file(flatten_params(params), str(p), metadata=meta)
+    st.save_file({k: np.ascontiguousarray(np.asarray(v)) for k, v in flat.items()}, str(p), metadata=meta)
     return p
 
 
@@ -272,7 +232,9 @@ def import_safetensors(path: str | Path) -> tuple[dict, ModelConfig]:
     if "jaxchat_config" not in meta:
         raise InteropError(f"{path} has no jaxchat_config metadata (not exported by jaxchat)")
     cfg = C.build(ModelConfig, json.loads(meta["jaxchat_config"]), where="jaxchat_config: ")
-    params = unflatten_params(_require("safetensors.numpy").load_file(str(path)))
+    flat = _require("safetensors.numpy").load_file(str(path))
+    params = {k: v for k, v in flat.items() if not k.startswith("blocks.")}
+    params["blocks"] = {k.removeprefix("blocks."): v for k, v in flat.items() if k.startswith("blocks.")}
     check_params(params, cfg)
     return params, cfg
 
@@ -314,12 +276,14 @@ class NanochatTokenizer:
 
     def __init__(self, encoding):
         self.enc = encoding
-        missing = [s for s in SPECIAL_TOKENS if s not in encoding.special_tokens_set]
-        if missing:
+        if missing := [s for s in SPECIAL_TOKENS if s not in encoding.special_tokens_set]:
             raise InteropError(f"not a nanochat tokenizer: special tokens {missing} are missing")
         self.special_ids = {s: int(encoding.encode_single_token(s)) for s in SPECIAL_TOKENS}
         self.bos_id, self.vocab_size = self.special_ids["<|bos|>"], int(encoding.n_vocab)
-        self._token_bytes: np.ndarray | None = None
+        self._token_bytes = np.zeros(self.vocab_size, np.int32)  # UTF-8 bytes per token, 0 for specials and holes
+        for i in set(range(self.vocab_size)) - {encoding.encode_single_token(s) for s in encoding.special_tokens_set}:
+            with contextlib.suppress(KeyError):  # a hole in the id space
+                self._token_bytes[i] = len(encoding.decode_single_token_bytes(i))
 
     @classmethod
     def from_file(cls, path: str | Path) -> "NanochatTokenizer":
@@ -335,36 +299,18 @@ class NanochatTokenizer:
                                          mergeable_ranks=obj["mergeable_ranks"], special_tokens=specials))
         raise InteropError(f"{path}: not a tiktoken Encoding or a mergeable-ranks dict ({type(obj).__name__})")
 
-    def token_bytes(self) -> np.ndarray:
-        """int32 [vocab]: UTF-8 bytes per token, 0 for specials and holes in the id space (nanochat's)."""
-        if self._token_bytes is None:
-            special = {int(self.enc.encode_single_token(s)) for s in self.enc.special_tokens_set}
-            self._token_bytes = np.zeros(self.vocab_size, np.int32)
-            for i in set(range(self.vocab_size)) - special:
-                with contextlib.suppress(KeyError):  # a hole in the id space
-                    self._token_bytes[i] = len(self.enc.decode_single_token_bytes(i))
-        return self._token_bytes.copy()
-
     def _encode_many(self, texts: list[str], num_threads: int | None) -> list[list[int]]:
         if len(texts) <= 8 or num_threads == 1:
             return [self.enc.encode_ordinary(t) for t in texts]
         return self.enc.encode_ordinary_batch(texts, num_threads=num_threads or 8)
 
-    def encode(self, text, prepend=None, append=None, num_threads: int | None = None):
-        single = isinstance(text, str)
-        head, tail = ([] if t is None else [self.encode_special(t) if isinstance(t, str) else int(t)]
-                      for t in (prepend, append))
-        out = [head + list(ids) + tail for ids in self._encode_many([text] if single else list(text),
-                                                                    None if single else num_threads)]
-        return out[0] if single else out
-
     def decode(self, ids) -> str:
         return self.enc.decode([int(i) for i in (ids.tolist() if hasattr(ids, "tolist") else ids)])
 
-    # jaxchat's own code: it reads only `special_ids` and `_encode_many`
+    # jaxchat's own code: it reads only `special_ids`, `vocab_size`, `_token_bytes` and `_encode_many`
+    token_bytes, encode, _resolve = Tokenizer.token_bytes, Tokenizer.encode, Tokenizer._resolve
     encode_special = Tokenizer.encode_special
-    render_conversation = Tokenizer.render_conversation
-    render_for_completion = Tokenizer.render_for_completion
+    render_conversation, render_for_completion = Tokenizer.render_conversation, Tokenizer.render_for_completion
 
 
 def install_nanochat_tokenizer(src: str | Path, directory: str | Path | None = None, *, force: bool = False) -> Path:

@@ -69,13 +69,19 @@ def uniform_apply(zeros_V, toks):
     return jnp.broadcast_to(zeros_V, toks.shape + zeros_V.shape)
 
 
+def full_logits(apply):
+    """A Scorer's logits_at from a full-logits apply_fn."""
+    return lambda params, toks, pos: jnp.take_along_axis(apply(params, toks), pos[..., None], axis=1)
+
+
 def oracle_scorer(tok, gold_rows):
-    return E.Scorer(oracle_apply(tok.vocab_size), gold_table(gold_rows), max_len=MAX_LEN, token_budget=BUDGET,
-                    buckets=(MAX_LEN,))  # one shape: one compilation
+    return E.Scorer(full_logits(oracle_apply(tok.vocab_size)), gold_table(gold_rows), max_len=MAX_LEN,
+                    token_budget=BUDGET, buckets=(MAX_LEN,))  # one shape: one compilation
 
 
 def uniform_scorer(tok):
-    return E.Scorer(uniform_apply, jnp.zeros(tok.vocab_size), max_len=MAX_LEN, token_budget=BUDGET, buckets=(MAX_LEN,))
+    return E.Scorer(full_logits(uniform_apply), jnp.zeros(tok.vocab_size), max_len=MAX_LEN, token_budget=BUDGET,
+                    buckets=(MAX_LEN,))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -209,7 +215,7 @@ def test_pick_choice_ties():
     assert E.pick_choice([2.0, 1.0, 1.0]) == 1
     assert E.pick_choice([1.0 + 1e-9, 1.0, 3.0]) == 0  # within tolerance: first wins
     assert E.pick_choice([1.1, 1.0]) == 1
-    assert E.centered(0.25, 25) == 0.0 and E.centered(1.0, 50) == 1.0 and E.centered(0.3, 0) == 0.3
+    assert E.centered(0.25, 0.25) == 0.0 and E.centered(1.0, 0.5) == 1.0 and E.centered(0.3, 0) == 0.3
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -361,8 +367,8 @@ def test_windowed_logits_match_full_logits(tok):
     exs = [ex for lb in ("copa", "lambada_openai", "hellaswag")
            for ex in CT.prepare(TASKS[lb], TASKS[lb].load(), tok, 128, 6)]
     rows, starts, ends = ([x for ex in exs for x in getattr(ex, f)] for f in ("rows", "starts", "ends"))
-    full = E.Scorer(E.model_apply(cfg), p, max_len=128, token_budget=1024, buckets=(128,))
-    win = E.Scorer(params=p, logits_at=E.model_logits_at(cfg), max_len=128, token_budget=1024, window=32)
+    full = E.Scorer(full_logits(lambda p, t: gpt.forward(p, t, cfg)), p, max_len=128, token_budget=1024, buckets=(128,))
+    win = E.Scorer(E.model_logits_at(cfg), p, max_len=128, token_budget=1024, window=32)
     m1, x1 = full.score(rows, starts, ends)
     m2, x2 = win.score(rows, starts, ends)
     np.testing.assert_allclose(m1, m2, rtol=2e-5)
@@ -382,14 +388,14 @@ def test_chat_mc_prompt_golden(tok):
             "the correct answer.<|user_end|><|assistant_start|>")
     assert tok.decode(tok.render_for_completion(conv)) == want
     ids, _ = tok.render_conversation(conv)
-    assert ids[-2] == E.letter_token(tok, "B") and ids[-1] == tok.encode_special("<|assistant_end|>")
+    assert ids[-2] == tok.encode("B")[0] and ids[-1] == tok.encode_special("<|assistant_end|>")
 
 
 def test_categorical_oracle_and_uniform(tok, oracle_setup):
     task = T.CHAT_EVALS["ARC-Easy"].make()
     idx = list(range(12))
     # the oracle's table: each (left-cropped, as the scorer crops) prompt followed by its gold letter
-    gold = [tok.render_for_completion(task[i])[-MAX_LEN:] + [E.letter_token(tok, task[i]["messages"][-1]["content"])]
+    gold = [tok.render_for_completion(task[i])[-MAX_LEN:] + tok.encode(task[i]["messages"][-1]["content"])[:1]
             for i in idx]
     assert max(len(tok.render_for_completion(task[i])) for i in idx) > MAX_LEN  # cropping is exercised
     r = E.categorical_eval(task, tok, oracle_scorer(tok, gold), idx)
