@@ -179,6 +179,7 @@ def save_jaxchat(params: dict, cfg: ModelConfig, stage: str, model_tag: str, ste
         if ck.steps() and not overwrite:
             raise InteropError(f"{d} already holds checkpoints {ck.steps()}; pick another model tag or "
                                "overwrite (--force)")
+        ck.delete_after(-1)  # --force replaces the tag's old steps (orbax refuses to write over a step)
         ck.save(int(step), params=jax.tree.map(jnp.asarray, params),
                 meta=dict(meta or {}, model=dataclasses.asdict(cfg)))
     return d

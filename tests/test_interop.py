@@ -362,6 +362,7 @@ def test_converted_nanochat_model_chats_through_chat_cli(tmp_path, monkeypatch):
     assert convert.main(args) == 0
     assert (base / "chatsft_checkpoints" / "nc" / "500").is_dir()
     assert convert.main(["from-nanochat", str(nano), "--stage=sft", "--model_tag=nc"]) == 2  # refuses to overwrite
+    assert convert.main(["from-nanochat", str(nano), "--stage=sft", "--model_tag=nc", "--force"]) == 0  # same step
     # nanochat → jaxchat checkpoint (orbax) → nanochat gives back the very same state dict
     assert convert.main(["to-nanochat", "--source=sft", "--model_tag=nc", "--out", str(tmp_path / "back")]) == 0
     orig = torch.load(nano / "model_000500.pt", weights_only=True)
