@@ -1,13 +1,11 @@
 """Inference engine: an explicit KV-cache pytree, jitted prefill and decode loops, sampling, and nanochat's
 calculator tool, batched.
 
-Everything the device runs is a pure jitted function over one `DecodeState` pytree (donated, so the cache is
-updated in place). `prefill` runs right-padded prompts (length buckets: a new length compiles only in a new
-bucket), prefilling each prompt once for all its samples, and emits each row's first token; `run` is one
-`lax.while_loop` that decodes until every row is done, `max_steps` have run, or a row needs the host. The host
-steps in only when a row emits `<|python_end|>`: it evaluates the expression (jaxchat.calculator), queues
-`<|output_start|> result <|output_end|>` as forced tokens and calls `run` again, still one batch. Streaming
-(CLI, web) calls `run` with a small `max_steps`.
+Everything the device runs is a pure jitted function over one `DecodeState` (donated: the cache is updated in
+place). `prefill` fills rows from right-padded prompts (length buckets: few compilations) and emits their first
+token; `run` is one `lax.while_loop` that decodes until every row is done, `max_steps` have run, or a row emitted
+`<|python_end|>`: then the host evaluates the expression (jaxchat.calculator), queues `<|output_start|> result
+<|output_end|>` as forced tokens and calls `run` again, still one batch. Streaming calls `run` with a small `max_steps`.
 """
 from __future__ import annotations
 
@@ -32,9 +30,8 @@ PROMPT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 KMAX = 200  # largest top-k a request may ask for (web limit, nanochat's)
 TOPK_WIDTHS = (50, KMAX)  # static widths of the sampler's top-k (see topk_width)
 FORCED_CAP = 64  # longest forced tool output (tokens)
-# Cache lengths a batch allocates, in steps of 1.5x: a decode step's widest key window is the whole cache, so a
-# tighter cache is less to read (prompt 64 + 256 new tokens: 384 slots instead of 512, batch-8 decode ~4%
-# faster, paired runs on the 2-core CPU).
+# Cache lengths in steps of 1.5x: a decode step's widest key window is the whole cache, so a tighter cache is less
+# to read (prompt 64 + 256 new tokens: 384 slots instead of 512, batch-8 decode ~4% faster on the 2-core CPU).
 CACHE_BUCKETS = (256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192, 12288, 16384)
 
 
@@ -43,17 +40,14 @@ CACHE_BUCKETS = (256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192, 1
 
 
 def topk_width(top_k: int) -> int:
-    """The static top-k width a batch whose rows ask for at most `top_k` compiles with (0 = whole vocabulary,
-    which needs only the argmax from the top-k). Few widths, so few compilations; a narrow one is cheaper:
-    XLA:CPU's top-k over 8 rows × 8,192 logits takes ~0.5 ms at width 50 and ~1.4 ms at 200."""
+    """The static top-k width for a batch whose rows ask for at most `top_k` (0 = whole vocabulary: only the argmax
+    needs the top-k). Narrow is cheaper: XLA:CPU's top-k of 8 x 8,192 logits takes ~0.5 ms at 50, ~1.4 ms at 200."""
     return next(w for w in TOPK_WIDTHS if top_k <= w) if 0 <= top_k <= KMAX else KMAX
 
 
 def sample(logits_BxV, key_B, temperature_B, top_k_B, kmax: int = KMAX):
-    """Per-row sampling: temperature 0 → argmax; else softmax(logits / T) restricted to the row's top-k
-    (0 = whole vocabulary; a top-k above the static width `kmax` is cut to it). Keys are per row, so a row's
-    output does not depend on its neighbours. The whole-vocabulary path (random numbers for every token)
-    only runs when some row asks for it."""
+    """Per-row sampling: temperature 0 → argmax; else softmax(logits / T) over the row's top-k (0 = whole
+    vocabulary, which runs only when some row asks for it; cut to the static width `kmax`). Keys are per row."""
     logits = logits_BxV.astype(jnp.float32)
     V = logits.shape[-1]
     kmax = min(kmax, V)
@@ -67,9 +61,8 @@ def sample(logits_BxV, key_B, temperature_B, top_k_B, kmax: int = KMAX):
         full = lambda: jax.vmap(jax.random.categorical)(key_B, logits / t)  # noqa: E731
         needs_full = jnp.any((top_k_B <= 0) & (temperature_B > 0))
         sampled = jax.lax.cond(needs_full, lambda: jnp.where(top_k_B > 0, sampled, full()), lambda: sampled)
-    # a separate argmax, not top_idx[:, 0]: reading top_k's indices directly makes XLA:CPU lower it to a full
-    # sort of the vocabulary (measured: decode 4x slower). It runs only when some row is greedy (batch 8 ×
-    # 8,192 logits: ~150 µs of a ~4 ms CPU step, wasted on a sampled batch).
+    # a separate argmax, not top_idx[:, 0]: reading top_k's indices makes XLA:CPU lower it to a full sort of the
+    # vocabulary (decode 4x slower). Only when some row is greedy (~150 µs of a ~4 ms batch-8 CPU step).
     greedy = jax.lax.cond(jnp.any(temperature_B <= 0), lambda: jnp.argmax(logits, axis=-1).astype(jnp.int32),
                           lambda: jnp.zeros(logits.shape[:1], jnp.int32))
     return jnp.where(temperature_B <= 0, greedy, sampled.astype(jnp.int32))
@@ -99,16 +92,16 @@ class DecodeState:
     top_k: jax.Array  # [B] (0 = no top-k)
 
 
-def new_state(cfg: ModelConfig, batch: int, cache_len: int, max_new: int, dtype=None) -> DecodeState:
+def new_state(cfg: ModelConfig, batch: int, cache_len: int, max_new: int) -> DecodeState:
     z = lambda *s, d=jnp.int32: jnp.zeros(s, d)  # noqa: E731
     return DecodeState(
-        cache=gpt.init_cache(cfg, batch, cache_len, dtype), token=z(batch), active=z(batch, d=bool), n=z(batch),
+        cache=gpt.init_cache(cfg, batch, cache_len), token=z(batch), active=z(batch, d=bool), n=z(batch),
         max_new=z(batch), out=z(batch, max_new), sampled=z(batch, max_new, d=bool), forced=z(batch, FORCED_CAP),
         forced_len=z(batch), forced_pos=z(batch), needs_host=z(batch, d=bool),
         key=jax.random.split(jax.random.key(0), batch), temperature=z(batch, d=jnp.float32), top_k=z(batch))
 
 
-_new_state_jit = jax.jit(new_state, static_argnums=(0, 1, 2, 3, 4))
+_new_state_jit = jax.jit(new_state, static_argnums=(0, 1, 2, 3))
 
 
 def state_shardings(st: DecodeState, mesh):
@@ -149,30 +142,25 @@ def _emit(st: DecodeState, sampled_B, stops: Stops) -> DecodeState:
                       forced_pos=st.forced_pos + (act & has_forced), needs_host=act & ~done & (tok == stops.python_end))
 
 
-@partial(jax.jit, static_argnames=("cfg", "stops", "fresh", "num_samples"), donate_argnames=("st",))
+@partial(jax.jit, static_argnames=("cfg", "stops", "num_samples"), donate_argnames=("st",))
 def prefill(params, st: DecodeState, rows_R, tokens_PxT, lengths_P, max_new_R, temperature_R, top_k_R, keys_R, *,
-            cfg: ModelConfig, stops: Stops, fresh: bool = True, num_samples: int = 1) -> DecodeState:
-    """Prefill P right-padded prompts once each, copy each one's cache row to its `num_samples` rows of `rows_R`
-    (R = P × num_samples, prompt by prompt), reset those rows and emit each row's first token (sampled with the
-    row's own key). The other rows are untouched. `fresh=True`: attention over the prompt chunk alone."""
-    c = st.cache
-    src = rows_R[::num_samples]
+            cfg: ModelConfig, stops: Stops, num_samples: int = 1) -> DecodeState:
+    """Prefill P right-padded prompts once each into their `num_samples` rows of `rows_R` each (R = P x num_samples,
+    prompt by prompt), reset those rows and emit their first token. The other rows are untouched."""
+    c, src, R = st.cache, rows_R[::num_samples], rows_R.shape[0]
     sub = {"k": [x[src] for x in c["k"]], "v": [x[src] for x in c["v"]], "pos": jnp.zeros(src.shape, jnp.int32)}
-    logits, sub = gpt.forward(params, tokens_PxT, cfg, cache=sub, lengths_B=lengths_P, fresh=fresh)
-    last = jnp.take_along_axis(logits, (lengths_P - 1)[:, None, None], axis=1)[:, 0]
+    logits, sub = gpt.forward(params, tokens_PxT, cfg, cache=sub, lengths_B=lengths_P, fresh=True)
     rep = lambda a: jnp.repeat(a, num_samples, axis=0)  # noqa: E731
-    put = lambda a, v: a.at[rows_R].set(v)  # noqa: E731
-    cache = {"k": [put(x, rep(y)) for x, y in zip(c["k"], sub["k"])],
-             "v": [put(x, rep(y)) for x, y in zip(c["v"], sub["v"])], "pos": put(c["pos"], rep(sub["pos"]))}
-    st = st.replace(cache=cache, token=put(st.token, 0), n=put(st.n, 0), max_new=put(st.max_new, max_new_R),
-                    out=put(st.out, 0), sampled=put(st.sampled, False), forced_len=put(st.forced_len, 0),
-                    forced_pos=put(st.forced_pos, 0), needs_host=put(st.needs_host, False), key=put(st.key, keys_R),
-                    temperature=put(st.temperature, temperature_R), top_k=put(st.top_k, top_k_R))
+    last = rep(jnp.take_along_axis(logits, (lengths_P - 1)[:, None, None], axis=1)[:, 0])
+    # the rows' new values (zero but for the prompt's cache and the settings), scattered into place
+    new = jax.tree.map(lambda a: jnp.zeros((R, *a.shape[1:]), a.dtype), st.replace(cache=None, key=None)).replace(
+        cache=jax.tree.map(rep, sub), max_new=max_new_R, key=keys_R, temperature=temperature_R, top_k=top_k_R)
+    st = jax.tree.map(lambda a, v: a.at[rows_R].set(v), st, new)
     # the first token: only these rows emit; the others (the web service's running rows) keep going after
-    others = put(st.active, False)
+    others, only = st.active, jnp.zeros_like(st.active).at[rows_R].set(True)
     keys0 = jax.vmap(jax.random.fold_in)(keys_R, jnp.zeros(rows_R.shape, jnp.int32))
-    first = put(jnp.zeros_like(st.token), sample(rep(last), keys0, temperature_R, top_k_R, stops.kmax))
-    st = _emit(st.replace(active=put(jnp.zeros_like(st.active), True)), first, stops)
+    first = jnp.zeros_like(st.token).at[rows_R].set(sample(last, keys0, temperature_R, top_k_R, stops.kmax))
+    st = _emit(st.replace(active=only), first, stops)
     return st.replace(active=st.active | others)
 
 
@@ -214,25 +202,16 @@ def set_forced(st: DecodeState, row, tokens_F, length) -> DecodeState:
                       forced_pos=st.forced_pos.at[row].set(0), needs_host=st.needs_host.at[row].set(False))
 
 
-@partial(jax.jit, donate_argnames=("st",))
-def deactivate(st: DecodeState, rows_mask) -> DecodeState:
-    return st.replace(active=st.active & ~rows_mask)
-
-
 # ----------------------------------------------------------------------------------------------------
 # Host-side driver
 
 
 class Engine:
-    """Batched generation with a model, a tokenizer and (optionally) the calculator tool.
+    """Batched generation with a model, a tokenizer and the calculator tool: `generate` streams one prompt's
+    samples, `generate_batch` returns whole completions (keywords of both as for `start`)."""
 
-    >>> eng = Engine(params, model_cfg, tokenizer)
-    >>> for tokens, sampled in eng.generate(prompt_ids, num_samples=4, max_tokens=64, temperature=1.0): ...
-    >>> seqs, masks = eng.generate_batch(prompt_ids, num_samples=4, max_tokens=64)
-    """
-
-    def __init__(self, params, model_cfg: ModelConfig, tokenizer, *, mesh=None, cache_dtype=None):
-        self.params, self.cfg, self.tok, self.mesh, self.cache_dtype = params, model_cfg, tokenizer, mesh, cache_dtype
+    def __init__(self, params, model_cfg: ModelConfig, tokenizer, *, mesh=None):
+        self.params, self.cfg, self.tok, self.mesh = params, model_cfg, tokenizer, mesh
         # prepared once: `run` on the stacked params re-slices every layer's weights at each call, which cost
         # ~2 ms a call on the CPU (a web iteration or a streamed token decodes only 1-2 steps per call)
         with shd.scope(mesh):
@@ -244,7 +223,7 @@ class Engine:
 
     def new_state(self, batch: int, cache_len: int, max_new: int) -> DecodeState:
         """An empty state, placed on the mesh (call under `sharding.scope(self.mesh)`)."""
-        st = _new_state_jit(self.cfg, batch, cache_len, max_new, self.cache_dtype)
+        st = _new_state_jit(self.cfg, batch, cache_len, max_new)
         return st if self.mesh is None else jax.device_put(st, state_shardings(st, self.mesh))
 
     def stops(self, use_tools: bool, top_k: int | None = None) -> Stops:
@@ -252,8 +231,8 @@ class Engine:
         return Stops(self.ends, self.python_end if use_tools else -1, KMAX if top_k is None else topk_width(top_k))
 
     def start(self, prompts: Sequence[Sequence[int]], *, num_samples: int = 1, max_tokens: int = 256,
-              temperature: float = 1.0, top_k: int = 50, seed: int = 42, use_tools: bool = True,
-              batch: int | None = None, cache_len: int | None = None) -> tuple[DecodeState, Stops]:
+              temperature: float = 1.0, top_k: int = 50, seed: int = 42, use_tools: bool = True
+              ) -> tuple[DecodeState, Stops]:
         """Prefill prompts (each repeated num_samples times) into a fresh state. Returns (state, stops)."""
         prompts = [list(p) for p in prompts]
         if not prompts or not all(prompts):
@@ -261,53 +240,41 @@ class Engine:
         longest = max(map(len, prompts))
         if longest > PROMPT_BUCKETS[-1]:
             raise ValueError(f"a prompt of {longest} tokens: the engine takes at most {PROMPT_BUCKETS[-1]}")
-        T = bucket(longest, PROMPT_BUCKETS)
-        S = cache_len or bucket(min(T + max_tokens + 1, CACHE_BUCKETS[-1]), CACHE_BUCKETS)
+        T, R = bucket(longest, PROMPT_BUCKETS), len(prompts) * num_samples
+        S = bucket(min(T + max_tokens + 1, CACHE_BUCKETS[-1]), CACHE_BUCKETS)
         if longest + max_tokens + 1 > S:
             raise ValueError(f"prompt ({longest}) + max_tokens ({max_tokens}) exceeds the cache length {S}")
-        R = len(prompts) * num_samples
         div = shd.batch_divisor(self.mesh) if self.mesh is not None else 1
-        toks = np.zeros((len(prompts), T), np.int32)
-        for i, p in enumerate(prompts):
-            toks[i, : len(p)] = p
-        stops = self.stops(use_tools, top_k)
-        full = lambda v, dt: jnp.full((R,), v, dt)  # noqa: E731
+        stops, full = self.stops(use_tools, top_k), lambda v, dt: jnp.full((R,), v, dt)  # noqa: E731
         with shd.scope(self.mesh):
-            st = self.new_state(-(-(batch or R) // div) * div, S, max_tokens)
-            st = prefill(self.params, st, jnp.arange(R), jnp.asarray(toks), jnp.asarray(list(map(len, prompts)),
-                         jnp.int32), full(max_tokens, jnp.int32), full(temperature, jnp.float32),
-                         full(top_k, jnp.int32), jax.random.split(jax.random.key(seed), R), cfg=self.cfg,
-                         stops=stops, num_samples=num_samples)
+            st = prefill(self.params, self.new_state(-(-R // div) * div, S, max_tokens), jnp.arange(R),
+                         jnp.asarray([p + [0] * (T - len(p)) for p in prompts], jnp.int32),
+                         jnp.asarray(list(map(len, prompts)), jnp.int32), full(max_tokens, jnp.int32),
+                         full(temperature, jnp.float32), full(top_k, jnp.int32),
+                         jax.random.split(jax.random.key(seed), R), cfg=self.cfg, stops=stops, num_samples=num_samples)
         return st, stops
 
-    def handle_tools(self, st: DecodeState, stops: Stops) -> DecodeState:
-        """For rows waiting on the calculator: evaluate and queue the forced output. Returns the new state."""
-        needs = np.asarray(st.needs_host)
-        if not needs.any():
-            return st
-        out, n = jax.device_get((st.out, st.n))
-        for b in np.nonzero(needs)[0]:
-            expr_ids = _since_last(out[b, : n[b]].tolist(), self.python_start, self.python_end)
-            result = calculator(self.tok.decode(expr_ids)) if expr_ids is not None else None
+    def handle_tools(self, st: DecodeState) -> DecodeState:
+        """Evaluate the calculator call of every row waiting on the host; queue its result as forced tokens."""
+        for b in np.flatnonzero(np.asarray(st.needs_host)):
+            expr = _since_last(np.asarray(st.out[b, : int(st.n[b])]).tolist(), self.python_start, self.python_end)
+            result = calculator(self.tok.decode(expr)) if expr is not None else None
             forced = [] if result is None else [self.output_start, *self.tok.encode(result), self.output_end]
-            forced = forced[:FORCED_CAP]
-            buf = np.zeros((FORCED_CAP,), np.int32)
-            buf[: len(forced)] = forced
-            st = set_forced(st, int(b), jnp.asarray(buf), len(forced))
+            st = set_forced(st, int(b), jnp.asarray((forced + [0] * FORCED_CAP)[:FORCED_CAP], jnp.int32),
+                            min(len(forced), FORCED_CAP))
         return st
 
-    def _step(self, st: DecodeState, stops: Stops, max_steps: int) -> DecodeState:
+    def step(self, st: DecodeState, stops: Stops, max_steps: int = 1 << 30) -> DecodeState:
+        """Serve waiting tool calls, then decode up to `max_steps` steps."""
         with shd.scope(self.mesh):
-            return run(self.decode_params, self.handle_tools(st, stops), max_steps, cfg=self.cfg, stops=stops)
+            return run(self.decode_params, self.handle_tools(st), max_steps, cfg=self.cfg, stops=stops)
 
-    def generate(self, prompt, *, num_samples: int = 1, max_tokens: int = 256, temperature: float = 1.0,
-                 top_k: int = 50, seed: int = 42, use_tools: bool = True, chunk: int = 1
-                 ) -> Iterator[tuple[list[int], list[int]]]:
-        """Stream one prompt's samples: yields (token per row, 1 if sampled / 0 if forced per row) each step.
-        Finished rows are not yielded again (nanochat yields a column per step; rows end independently)."""
-        st, stops = self.start([prompt], num_samples=num_samples, max_tokens=max_tokens, temperature=temperature,
-                               top_k=top_k, seed=seed, use_tools=use_tools)
-        R, seen = num_samples, np.zeros(num_samples, np.int64)
+    def generate(self, prompt, *, chunk: int = 1, **kw) -> Iterator[tuple[list[int], list[int]]]:
+        """Stream one prompt's samples, `chunk` decode steps per device call: yields (token per row, 1 if sampled /
+        0 if forced per row) per step; a row that has finished gives -1 (nanochat: rows end independently)."""
+        st, stops = self.start([prompt], **kw)
+        R = kw.get("num_samples", 1)
+        seen = np.zeros(R, np.int64)
         while True:
             out, smp, n, active = jax.device_get((st.out, st.sampled, st.n, st.active))
             while (ready := seen < n[:R]).any():
@@ -316,38 +283,22 @@ class Engine:
                 seen += ready
             if not active[:R].any():
                 return
-            st = self._step(st, stops, chunk)
+            st = self.step(st, stops, chunk)
 
-    def generate_batch(self, prompts, *, num_samples: int = 1, max_tokens: int = 256, temperature: float = 1.0,
-                       top_k: int = 50, seed: int = 42, use_tools: bool = True, max_steps: int = 1 << 30,
-                       keep_terminal: bool = False) -> tuple[list[list[int]], list[list[int]]]:
-        """Full completions for one prompt (list of ids) or several (list of lists), num_samples each (rows
-        ordered prompt by prompt), with terminal tokens (<|assistant_end|>, <|bos|>) removed unless
-        `keep_terminal`. Returns (sequences, sampled-masks)."""
-        many = len(prompts) > 0 and isinstance(prompts[0], (list, tuple, np.ndarray))
-        plist = prompts if many else [prompts]
-        st, stops = self.start(plist, num_samples=num_samples, max_tokens=max_tokens, temperature=temperature,
-                               top_k=top_k, seed=seed, use_tools=use_tools)
+    def generate_batch(self, prompts, *, keep_terminal: bool = False, **kw) -> tuple[list[list[int]], list[list[int]]]:
+        """Whole completions of one prompt (a list of ids) or several (a list of lists), `num_samples` rows each,
+        prompt by prompt, the end token cut unless `keep_terminal`. Returns (sequences, sampled-masks)."""
+        plist = prompts if len(prompts) and isinstance(prompts[0], (list, tuple, np.ndarray)) else [prompts]
+        st, stops = self.start(plist, **kw)
         while np.asarray(st.active).any():
-            st = self._step(st, stops, max_steps)
+            st = self.step(st, stops)
         out, smp, n = jax.device_get((st.out, st.sampled, st.n))
-        seqs, masks = [], []
-        for b in range(len(plist) * num_samples):
-            toks, m = out[b, : n[b]].tolist(), smp[b, : n[b]].astype(int).tolist()
-            if toks and toks[-1] in self.ends and not keep_terminal:
-                toks, m = toks[:-1], m[:-1]
-            seqs.append(toks)
-            masks.append(m)
-        return seqs, masks
+        n = n[: len(plist) * kw.get("num_samples", 1)]
+        cut = [int(k) - (not keep_terminal and k > 0 and int(o[k - 1]) in self.ends) for o, k in zip(out, n)]
+        return [o[:k].tolist() for o, k in zip(out, cut)], [m[:k].astype(int).tolist() for m, k in zip(smp, cut)]
 
 
 def _since_last(toks: list[int], start: int, end: int):
     """Ids strictly between the last `start` and the final `end` token, or None if there is no open call."""
-    if not toks or toks[-1] != end:
-        return None
-    for i in range(len(toks) - 2, -1, -1):
-        if toks[i] == start:
-            return toks[i + 1:-1]
-        if toks[i] == end:
-            return None
-    return None
+    opened = max((i for i, t in enumerate(toks[:-1]) if t in (start, end)), default=-1)
+    return toks[opened + 1:-1] if toks[-1:] == [end] and opened >= 0 and toks[opened] == start else None

@@ -1,9 +1,7 @@
-"""Benchmark generation: tokens/s at batch 1 and 8 (prompt 64, 256 new tokens, temperature 1, top-k 50) on a random
-model of the preset through the jitted decode loop, and the decode step against its bandwidth bound ((weights +
-KV cache bytes) / bandwidth) when the device's bandwidth is known. The last line of output is JSON. Mode `samples`
-is nanochat's `Engine.generate(prompt, num_samples=B)` (one prompt prefilled once, its cache copied to B rows; what
-`scripts/bench_nanochat.py` times on nanochat); `prompts` is B different prompts (evals, the web server). The stop
-tokens lie outside the vocabulary, so every row decodes all new tokens, as in nanochat's count.
+"""Benchmark generation: tokens/s at batch 1 and 8 (prompt 64, 256 new tokens, temperature 1, top-k 50) of a random
+model, and the decode step against its bandwidth bound ((weights + KV cache) bytes / bandwidth) where known. Mode
+`samples` is nanochat's `Engine.generate(prompt, num_samples=B)` (as `scripts/bench_nanochat.py` times it); `prompts`
+is B different prompts. Stop tokens lie outside the vocabulary (every row decodes all new tokens). Last line: JSON.
 
     python -m scripts.bench_decode                     # tiny preset
     python -m scripts.bench_decode --preset d20 --compute_dtype=bfloat16
@@ -23,8 +21,7 @@ from jaxchat import engine as E
 from jaxchat import model as gpt
 from jaxchat.common import cli
 
-# HBM bandwidth (bytes/s) by device kind, for the roofline comparison.
-BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12, "B200": 8.0e12, "L4": 0.3e12, "A10": 0.6e12}
+HBM_BPS = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12, "B200": 8.0e12, "L4": 0.3e12, "A10": 0.6e12}  # bytes/s
 
 
 class Tok:
@@ -54,37 +51,32 @@ def main(argv=None):
     cfg = C.load(["model"], argv, extra={"prompt_len": 64, "new_tokens": 256, "batches": "1,8", "reps": 3,
                                          "modes": "samples,prompts"})
     mc, x = cfg.model, cfg.extra
-    modes = str(x.modes).split(",")
-    if any(m not in ("samples", "prompts") for m in modes):
+    if not set(modes := str(x.modes).split(",")) <= {"samples", "prompts"}:
         raise C.ConfigError(f"--modes takes 'samples', 'prompts' or both, comma-separated; got {x.modes!r}")
     eng, rng, results = random_engine(mc), np.random.default_rng(0), []
     weight_bytes = (sum(a.size for a in jax.tree.leaves(eng.params)) - eng.params["wte"].size) * jnp.dtype(
         mc.compute_dtype).itemsize  # the embedding is a lookup: one row read per token
-    bw = next((v for k, v in BANDWIDTH.items() if k.lower() in jax.devices()[0].device_kind.lower()), None)
+    bw = next((v for k, v in HBM_BPS.items() if k.lower() in jax.devices()[0].device_kind.lower()), None)
     for B, mode in [(B, m) for B in map(int, str(x.batches).split(",")) for m in (modes if B > 1 else modes[:1])]:
-        n_prompts = B if mode == "prompts" else 1
-        prompts = [rng.integers(10, mc.vocab_size, x.prompt_len).tolist() for _ in range(n_prompts)]
-        times = []
-        for rep in range(x.reps + 1):  # rep 0 compiles
+        prompts = [rng.integers(10, mc.vocab_size, x.prompt_len).tolist() for _ in range(B if mode == "prompts" else 1)]
+        times = []  # (prefill s, decode s, new tokens) per rep; rep 0 compiles
+        for rep in range(x.reps + 1):
             t0 = time.perf_counter()
-            st, stops = eng.start(prompts, num_samples=B // n_prompts, max_tokens=x.new_tokens, temperature=1.0,
+            st, stops = eng.start(prompts, num_samples=B // len(prompts), max_tokens=x.new_tokens, temperature=1.0,
                                   top_k=50, seed=rep, use_tools=False)
             jax.block_until_ready(st.token)
             t1 = time.perf_counter()
             st = E.run(eng.decode_params, st, x.new_tokens, cfg=mc, stops=stops)
-            n = int(np.asarray(st.n).sum())
-            times += [(t1 - t0, time.perf_counter() - t1, n)] if rep else []
-        prefill_s, decode_s = (float(np.median([t[i] for t in times])) for i in (0, 1))
-        steps = x.new_tokens - 1  # the first token comes from the prefill
-        cache_bytes = 2 * mc.n_layer * st.cache["k"][0].nbytes  # k and v, [B, K, S, Dh] per layer
-        r = {"batch": B, "mode": mode if B > 1 else "single", "new_tokens_total": times[0][2],
-             "tokens_per_s": times[0][2] / (prefill_s + decode_s), "decode_tokens_per_s": B * steps / decode_s,
+            times.append((t1 - t0, time.perf_counter() - t1, int(np.asarray(st.n).sum())))
+        prefill_s, decode_s = (float(np.median([t[i] for t in times[1:]])) for i in (0, 1))
+        steps, cache_bytes = x.new_tokens - 1, 2 * mc.n_layer * st.cache["k"][0].nbytes  # token 1: prefill; k + v
+        r = {"batch": B, "mode": mode if B > 1 else "single", "new_tokens_total": times[-1][2],
+             "tokens_per_s": times[-1][2] / (prefill_s + decode_s), "decode_tokens_per_s": B * steps / decode_s,
              "decode_step_ms": 1e3 * decode_s / steps, "prefill_ms": 1e3 * prefill_s,
              "weights_bytes": int(weight_bytes), "cache_bytes": int(cache_bytes)}
         if bw:
             bound = (weight_bytes + cache_bytes) / bw
-            r.update(bandwidth_bytes_per_s=bw, roofline_step_ms=1e3 * bound,
-                     step_vs_roofline=decode_s / steps / bound)
+            r.update(bandwidth_bytes_per_s=bw, roofline_step_ms=1e3 * bound, step_vs_roofline=decode_s / steps / bound)
         results.append(r)
         print(f"batch {B} ({r['mode']}): {r['tokens_per_s']:,.0f} tokens/s end to end ({r['decode_tokens_per_s']:,.0f}"
               f" in decode), decode step {r['decode_step_ms']:.2f} ms, prefill {r['prefill_ms']:.1f} ms"

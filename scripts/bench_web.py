@@ -1,21 +1,19 @@
 """Load-test the chat server from client processes: TTFT and throughput, all at once vs one by one.
 
-    python -m scripts.bench_web                               # the SFT checkpoint: 16 clients x 64 tokens
-    python -m scripts.bench_web --clients=64 --max_tokens=32 --max_batch=16 --source=rl
+    python -m scripts.bench_web --clients=16 --max_tokens=64 --max_batch=8 --source=sft   # the defaults
     python -m scripts.bench_web --url=http://10.0.0.5:8000    # a server that is already running
 
-Unless --url is given it starts `scripts.chat_web` on a free port. The same requests (per-request seeds) go out all
-at once, each from its own process (no JAX here), then one by one: the replies must match. It first waits for the
-server to compile every prefill shape (`--wait_compiled=false`: a cold server). The last line of output is JSON.
-"""
-import http.client
+Unless --url is given it starts `scripts.chat_web` on a free port. Once the server has compiled every prefill shape
+(`--wait_compiled=false`: a cold server), the same requests (per-request seeds) go out all at once, each from its own
+process (no JAX here), then one by one: the replies must match. The last line of output is JSON."""
+import contextlib
 import json
 import multiprocessing as mp
-import os
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -32,15 +30,10 @@ WORDS = ["apple", "orange", "pencil", "river", "cloud"]
 
 
 def sse_events(resp):
-    """The JSON events of a server-sent-event stream (an http.client response), up to the one marked done."""
-    data = []
-    while line := resp.readline():
-        line = line.decode("utf-8").rstrip("\r\n")
-        if line.startswith("data:"):
-            data.append(line[5:].strip())
-        elif not line and data:
-            ev, data = json.loads("\n".join(data)), []
-            yield ev
+    """The JSON events of a server-sent-event stream (one `data:` line each), up to the one marked done."""
+    for line in resp:
+        if line.startswith(b"data:"):
+            yield (ev := json.loads(line[5:]))
             if ev.get("done"):
                 return
 
@@ -49,25 +42,23 @@ def stream_chat(addr: str, body: dict, timeout: float, start_at: float = 0.0) ->
     """POST /chat/completions (at `start_at`, epoch seconds) and read the stream: status, seconds to the first
     token and to the end, the completion's token count and text."""
     time.sleep(max(0.0, start_at - time.time()))
-    host, port = addr.rsplit(":", 1)
-    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    req = urllib.request.Request(f"http://{addr}/chat/completions", json.dumps(body).encode(),
+                                 {"Content-Type": "application/json"})
     t0, first, text, last = time.perf_counter(), None, [], {}
     try:
-        conn.request("POST", "/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
-        if (resp := conn.getresponse()).status != 200:
-            return {"status": resp.status, "error": resp.read().decode("utf-8", "replace")[:300]}
-        for ev in sse_events(resp):
-            if "token" in ev:
-                first = first if first is not None else time.perf_counter() - t0
-                text.append(ev["token"])
-            last = ev if ev.get("done") else last
-        return {"status": 200 if last and "error" not in last else 500, "ttft_s": first,
-                "total_s": time.perf_counter() - t0, "tokens": last.get("usage", {}).get("completion_tokens", 0),
-                "text": "".join(text), "error": last.get("error")}
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            for ev in sse_events(resp):
+                if "token" in ev:
+                    first = first if first is not None else time.perf_counter() - t0
+                    text.append(ev["token"])
+                last = ev if ev.get("done") else last
+    except urllib.error.HTTPError as e:
+        return {"status": e.code, "error": e.read().decode("utf-8", "replace")[:300]}
     except OSError as e:
         return {"status": 0, "error": f"{type(e).__name__}: {e}"}
-    finally:
-        conn.close()
+    return {"status": 200 if last and "error" not in last else 500, "ttft_s": first, "text": "".join(text),
+            "total_s": time.perf_counter() - t0, "tokens": last.get("usage", {}).get("completion_tokens", 0),
+            "error": last.get("error")}
 
 
 def summarise(results: list[dict], wall_s: float) -> dict:
@@ -89,38 +80,24 @@ def get_json(addr: str, path: str) -> dict:
 def start_server(x):
     log_path = base_dir() / "report" / "logs" / "bench_web_server.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    print(f"[bench_web] starting scripts.chat_web (source {x.source}, max_batch {x.max_batch}); log: {log_path}",
-          file=sys.stderr)
+    print(f"[bench_web] starting scripts.chat_web ({x.source} model); log: {log_path}", file=sys.stderr)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     args = [sys.executable, "-m", "scripts.chat_web", f"--port={port}", f"--source={x.source}",
             f"--max_batch={x.max_batch}", f"--max_queue={x.max_queue}", f"--max_tokens={x.max_tokens}",
             f"--cache_len={x.cache_len}"] + ([f"--model_tag={x.model_tag}"] if x.model_tag else [])
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    with open(log_path, "wb") as out:
-        proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    with open(log_path, "wb") as out:  # run from the repository root: `-m` finds scripts/ and jaxchat/ there
+        proc = subprocess.Popen(args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     addr, deadline = f"127.0.0.1:{port}", time.time() + x.start_timeout
     while proc.poll() is None and time.time() < deadline:
-        try:
+        with contextlib.suppress(OSError):
             if get_json(addr, "/health").get("ready"):
                 return proc, addr
-        except OSError:
-            pass
         time.sleep(1.0)
-    if proc.poll() is not None:
-        raise SystemExit(f"the server exited ({proc.returncode}):\n{log_path.read_text()[-3000:]}")
-    stop_server(proc)
-    raise SystemExit(f"the server was not ready after {x.start_timeout:.0f} s; log: {log_path}")
-
-
-def stop_server(proc) -> int:
-    proc.terminate()
-    try:
-        return proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.wait()
+    why = f"exited ({proc.returncode})" if proc.poll() is not None else f"was not ready after {x.start_timeout:.0f} s"
+    proc.kill()
+    raise SystemExit(f"the server {why}; log: {log_path}\n{log_path.read_text()[-3000:]}")
 
 
 def main(argv=None):
@@ -132,7 +109,6 @@ def main(argv=None):
                                                                                  w=WORDS[i % 5])}],
                "max_tokens": x.max_tokens, "temperature": x.temperature, "seed": i} for i in range(x.clients)]
     try:
-        health = get_json(addr, "/health")
         stream_chat(addr, bodies[0], x.request_timeout)  # one warm request: compilation is not load
         t0 = time.perf_counter()
         while x.wait_compiled and get_json(addr, "/stats").get("prefill_shapes_pending", 0) > 0:
@@ -143,9 +119,11 @@ def main(argv=None):
             together = pool.starmap(stream_chat, [(addr, b, x.request_timeout, start_at) for b in bodies])
         wall_together, t0 = time.perf_counter() - t0 - 1.0, time.perf_counter()
         alone = [stream_chat(addr, b, x.request_timeout) for b in bodies]
-        wall_alone, stats = time.perf_counter() - t0, get_json(addr, "/stats")
+        wall_alone, stats, health = time.perf_counter() - t0, get_json(addr, "/stats"), get_json(addr, "/health")
     finally:
-        code = stop_server(proc) if proc is not None else None
+        if proc is not None:
+            proc.terminate()
+            proc.wait(60)
     a, b = summarise(together, wall_together), summarise(alone, wall_alone)
     same = [r.get("text") for r in together] == [r.get("text") for r in alone]
     for name, s in (("all at once", a), ("one by one", b)):
@@ -154,7 +132,7 @@ def main(argv=None):
               f"{s['tokens_per_s']:,.1f} tokens/s | wall {s['wall_s']:.1f} s", file=sys.stderr)
     print(f"[bench_web] throughput all at once / one by one: {a['tokens_per_s'] / b['tokens_per_s']:.2f}x; "
           f"same replies both ways: {same}", file=sys.stderr)
-    out = {"bench": "web", "server": "started" if proc is not None else addr, "server_exit": code,
+    out = {"bench": "web", "server": "started" if proc is not None else addr, "server_exit": proc and proc.returncode,
            "waited_for_compilation_s": waited, "model": health.get("model"), "clients": x.clients,
            "max_tokens": x.max_tokens, "max_batch": x.max_batch if proc is not None else None, "concurrent": a,
            "sequential": b, "speedup": a["tokens_per_s"] / b["tokens_per_s"], "same_replies": same,

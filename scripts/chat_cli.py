@@ -27,17 +27,13 @@ class Renderer:
     def __init__(self, tok):
         self.tok, self.pending, sp = tok, [], tok.encode_special
         self.special = {sp("<|python_start|>"): "[calculator: ", sp("<|python_end|>"): "",
-                        sp("<|output_start|>"): " = ", sp("<|output_end|>"): "]"}
+                        sp("<|output_start|>"): " = ", sp("<|output_end|>"): "]", sp("<|assistant_end|>"): ""}
 
     def feed(self, token: int) -> str:
         if token in self.special:
             return self.flush() + self.special[token]
         self.pending.append(token)
-        text = self.tok.decode(self.pending)
-        if text.endswith("\ufffd"):
-            return ""
-        self.pending = []
-        return text
+        return "" if self.tok.decode(self.pending).endswith("\ufffd") else self.flush()
 
     def flush(self) -> str:
         text, self.pending = (self.tok.decode(self.pending) if self.pending else ""), []
@@ -75,8 +71,6 @@ def main(argv=None):
         for cols, _ in eng.generate(conversation, max_tokens=x.max_tokens, temperature=x.temperature, top_k=x.top_k,
                                     seed=x.seed + turn):
             reply.append(cols[0])
-            if cols[0] == ae:
-                break
             print(r.feed(cols[0]), end="", flush=True)
         print(r.flush())
         if reply[-1:] != [ae]:

@@ -185,7 +185,7 @@ def test_calculator_tool_use_is_forced_and_marked(setup, tok):
     st = E.set_forced(st, 0, jnp.asarray(buf), len(call))
     while bool(np.asarray(st.active).any()):
         st = E.run(eng.params, st, 1 << 20, cfg=cfg, stops=stops)
-        st = eng.handle_tools(st, stops)
+        st = eng.handle_tools(st)
     out = np.asarray(st.out[0, : int(st.n[0])]).tolist()
     smp = np.asarray(st.sampled[0, : int(st.n[0])]).tolist()
     i = out.index(sp("<|python_end|>"))

@@ -1,15 +1,14 @@
 """The Flask app around one engine service: GET / (the chat page, no external resources), POST /chat/completions
 (streams the reply), GET /health (status, model, limits) and GET /stats (queue, rows, tokens/s, request counts).
 
-A request: {"messages": [...], "temperature"?, "top_k"?, "max_tokens"?, "seed"?, "stream"?: true}; messages
-alternate user, assistant, ... and end with a user message; an assistant's content may be a list of the parts
-the stream produces. Over a limit (limits.py, nanochat's): 4xx, JSON {"error", "field"}; a full queue or no engine:
-503 + Retry-After; a max_tokens given that does not fit the context: 413 (the default is lowered to what fits).
-The reply is Server-Sent Events (`data: <json>`; ':' lines keep alive): {"token"} text, never half a character;
-a calculator call as {"part_start": "python"}, {"token", "part": "python"}, {"part_end": "python"}, its result the
-same with "python_output"; then {"done": true, "finish_reason", "usage", "id", "seed", "time_to_first_token_s",
-"total_time_s"} (or {"done": true, "error"}). A client that closes the connection frees its row.
-"""
+A request: {"messages": [...], "temperature"?, "top_k"?, "max_tokens"?, "seed"?, "stream"?: true}; messages alternate
+user, assistant, ... and end with a user message; an assistant's content may be a list of the stream's parts. Over a
+limit (limits.py): 4xx, JSON {"error", "field"}; a full queue or no engine: 503 + Retry-After; a max_tokens given that
+does not fit the context: 413 (the default is lowered to what fits). The reply is Server-Sent Events (`data: <json>`;
+':' lines keep alive): {"token"} text, never half a character; a calculator call as {"part_start": "python"},
+{"token", "part": "python"}, {"part_end": "python"}, its result the same with "python_output"; then {"done": true,
+"finish_reason", "usage", "id", "seed", "time_to_first_token_s", "total_time_s"} (or {"done": true, "error"}). A
+client that closes the connection frees its row."""
 from __future__ import annotations
 
 import json
@@ -22,16 +21,10 @@ from werkzeug.exceptions import HTTPException
 
 from jaxchat.tasks.common import PART_TYPES
 from jaxchat.web.limits import SEED_LIMIT, Defaults, Limits
-from jaxchat.web.service import ContextTooLong, QueueFull, Unavailable
+from jaxchat.web.service import ApiError
 
 KEEPALIVE_S = 1.0  # an SSE comment this often while a request waits: notices clients that left
 ALLOWED_FIELDS = ("messages", "temperature", "top_k", "max_tokens", "seed", "stream")
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, field: str | None = None, headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.message, self.field, self.headers = status, message, field, headers or {}
 
 
 def _type_name(x) -> str:
@@ -39,29 +32,23 @@ def _type_name(x) -> str:
             int: "integer", float: "number"}.get(type(x), type(x).__name__)
 
 
-def _reject_constant(name):
-    raise ValueError(f"{name} is not valid JSON")
+def parse_request(raw: bytes, limits: Limits = Limits(), defaults: Defaults = Defaults()) -> tuple[list, dict]:
+    """Check a completions request. Returns (messages, options); raises ApiError naming the problem.
+    options: temperature, top_k, max_tokens, seed (None = random) and max_tokens_given (bool)."""
+    def reject_constant(name):
+        raise ValueError(f"{name} is not valid JSON")
 
-
-def parse_body(raw: bytes) -> dict:
     if not raw.strip():
         raise ApiError(400, "request body is empty; send a JSON object like {\"messages\": [...]}")
     try:
-        body = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+        body = json.loads(raw.decode("utf-8"), parse_constant=reject_constant)
     except UnicodeDecodeError:
         raise ApiError(400, "request body is not valid UTF-8") from None
     except (ValueError, RecursionError) as e:
         raise ApiError(400, f"request body is not valid JSON: {e}") from None
     if not isinstance(body, dict):
         raise ApiError(400, f"request body must be a JSON object, got {_type_name(body)}")
-    return body
-
-
-def validate(body: dict, limits: Limits = Limits(), defaults: Defaults = Defaults()) -> tuple[list, dict]:
-    """Check a completions request. Returns (messages, options); raises ApiError naming the problem.
-    options: temperature, top_k, max_tokens, seed (None = random) and max_tokens_given (bool)."""
-    unknown = [k for k in body if k not in ALLOWED_FIELDS]
-    if unknown:
+    if unknown := [k for k in body if k not in ALLOWED_FIELDS]:
         raise ApiError(400, f"unknown field {unknown[0]!r}; allowed fields: {', '.join(ALLOWED_FIELDS)}", unknown[0])
     if "messages" not in body:
         raise ApiError(400, "missing field 'messages' (a list of {role, content} objects)", "messages")
@@ -77,12 +64,11 @@ def validate(body: dict, limits: Limits = Limits(), defaults: Defaults = Default
         where = f"messages[{i}]"
         if not isinstance(m, dict):
             raise ApiError(400, f"{where} must be an object with 'role' and 'content', got {_type_name(m)}", where)
-        for k in m:
-            if k not in ("role", "content"):
-                raise ApiError(400, f"{where} has unknown field {k!r} (only 'role' and 'content')", f"{where}.{k}")
-        for k in ("role", "content"):
-            if k not in m:
-                raise ApiError(400, f"{where} is missing {k!r}", f"{where}.{k}")
+        if extra := [k for k in m if k not in ("role", "content")]:
+            raise ApiError(400, f"{where} has unknown field {extra[0]!r} (only 'role' and 'content')",
+                           f"{where}.{extra[0]}")
+        if missing := [k for k in ("role", "content") if k not in m]:
+            raise ApiError(400, f"{where} is missing {missing[0]!r}", f"{where}.{missing[0]}")
         role = m["role"]
         if role not in ("user", "assistant"):
             shown = repr(role) if isinstance(role, str) else _type_name(role)
@@ -92,8 +78,7 @@ def validate(body: dict, limits: Limits = Limits(), defaults: Defaults = Default
             raise ApiError(413, f"{where}.content is too long: {n} characters (at most {limits.max_message_chars})",
                            f"{where}.content")
         total += n
-        want = "user" if i % 2 == 0 else "assistant"
-        if role != want:
+        if role != (want := ("user", "assistant")[i % 2]):
             raise ApiError(400, f"{where}.role is {role!r} but {want!r} was expected: messages alternate user, "
                                 "assistant, user, ... starting with user", f"{where}.role")
     if total > limits.max_total_chars:
@@ -113,23 +98,21 @@ def validate(body: dict, limits: Limits = Limits(), defaults: Defaults = Default
 
 
 def _content_chars(content, role: str, where: str) -> int:
-    if isinstance(content, str):
-        if not content.strip():
-            raise ApiError(400, f"{where} is empty", where)
-        return len(content)
-    if role != "assistant" or not isinstance(content, list):
+    if role == "assistant" and isinstance(content, list):  # the parts of an earlier reply
+        if not content:
+            raise ApiError(400, f"{where} is an empty list of parts", where)
+        for j, part in enumerate(content):
+            if not isinstance(part, dict) or part.get("type") not in PART_TYPES or not isinstance(
+                    part.get("text"), str) or set(part) - {"type", "text"}:
+                raise ApiError(400, f"{where}[{j}] must be {{\"type\": \"text\"|\"python\"|\"python_output\", "
+                                    "\"text\": string}", f"{where}[{j}]")
+        content = "".join(p["text"] for p in content)
+    elif not isinstance(content, str):
         kinds = "a string" if role == "user" else "a string or a list of parts"
         raise ApiError(400, f"{where} must be {kinds}, got {_type_name(content)}", where)
-    if not content:
-        raise ApiError(400, f"{where} is an empty list of parts", where)
-    for j, part in enumerate(content):
-        if not isinstance(part, dict) or part.get("type") not in PART_TYPES or not isinstance(
-                part.get("text"), str) or set(part) - {"type", "text"}:
-            raise ApiError(400, f"{where}[{j}] must be {{\"type\": \"text\"|\"python\"|\"python_output\", "
-                                "\"text\": string}", f"{where}[{j}]")
-    if not any(p["text"].strip() for p in content):
+    if not content.strip():
         raise ApiError(400, f"{where} is empty", where)
-    return sum(len(p["text"]) for p in content)
+    return len(content)
 
 
 def _option(body: dict, name: str, lo, hi, default, integer: bool):
@@ -196,19 +179,17 @@ def _events(req, tok):
         except queue.Empty:
             yield ": keep-alive\n\n"
             continue
-        if kind == "tokens" and (chunk := "".join(sse(e) for e in dec.feed(payload))):
-            yield chunk
-        elif kind == "done":
-            yield "".join(sse(e) for e in dec.flush()) + sse({"done": True, **payload})
-            return
-        elif kind == "error":
-            yield sse({"done": True, "error": str(payload)})
+        if kind == "tokens":
+            yield "".join(map(sse, dec.feed(payload)))
+        else:  # done (after what the decoder still holds) or error
+            yield "".join(map(sse, dec.flush())) + sse({"done": True, **payload} if kind == "done" else
+                                                       {"done": True, "error": str(payload)})
             return
 
 
 def create_app(svc, *, limits: Limits = Limits(), defaults: Defaults = Defaults(), log=None) -> Flask:
-    """The app around an engine service (or anything with its submit / info / stats / ready / cache_len /
-    tokenizer). JAX runs only in the service's thread; request threads validate, render and decode."""
+    """The app around an engine service (or anything with its submit, info, stats, ready, cache_len and tokenizer).
+    JAX runs only in the service's thread; request threads validate, render and decode."""
     tok, log = svc.tokenizer, log or (lambda msg: None)
     app = Flask(__name__, template_folder="templates", static_folder="static")
     app.config["MAX_CONTENT_LENGTH"] = limits.max_body_bytes
@@ -222,10 +203,7 @@ def create_app(svc, *, limits: Limits = Limits(), defaults: Defaults = Defaults(
         elif not isinstance(e, ApiError):
             log(f"internal error: {type(e).__name__}: {e}")
             e = ApiError(500, f"internal error: {type(e).__name__}")
-        resp = jsonify({"error": e.message, "field": e.field})
-        resp.status_code = e.status
-        resp.headers.update(e.headers)
-        return resp
+        return jsonify({"error": e.message, "field": e.field}), e.status, e.headers
 
     @app.after_request
     def _cors(resp):
@@ -235,13 +213,13 @@ def create_app(svc, *, limits: Limits = Limits(), defaults: Defaults = Defaults(
 
     @app.get("/")
     def index():
-        return render_template("index.html", info=svc.info(), defaults=asdict(defaults), limits=asdict(limits))
+        return render_template("index.html", info=svc.info, defaults=asdict(defaults), limits=asdict(limits))
 
     @app.get("/health")
     def health():
         err = svc.stats().get("error")
         return jsonify({"status": "error" if err else ("ok" if svc.ready else "loading"), "ready": bool(svc.ready),
-                        "error": err, "model": svc.info(),
+                        "error": err, "model": svc.info,
                         "limits": {**asdict(limits), "max_tokens_limit": svc.cache_len - 2},  # a prompt has 1+ tokens
                         "defaults": asdict(defaults)})
 
@@ -251,25 +229,22 @@ def create_app(svc, *, limits: Limits = Limits(), defaults: Defaults = Defaults(
 
     @app.post("/chat/completions")
     def completions():
-        messages, opts = validate(parse_body(request.get_data(cache=False)), limits, defaults)
+        messages, opts = parse_request(request.get_data(cache=False), limits, defaults)
         prompt = tok.render_for_completion({"messages": messages})
         max_tokens = opts["max_tokens"]
-        if not opts["max_tokens_given"] and svc.cache_len - 1 - len(prompt) >= 1:
-            max_tokens = min(max_tokens, svc.cache_len - 1 - len(prompt))  # else nothing fits: check_fits says so
+        if not opts["max_tokens_given"]:  # the default, lowered to what fits (if nothing does, submit says so)
+            max_tokens = max(1, min(max_tokens, svc.cache_len - 1 - len(prompt)))
         try:
             req = svc.submit(prompt, max_tokens=max_tokens, temperature=opts["temperature"], top_k=opts["top_k"],
                              seed=opts["seed"])
-        except ContextTooLong as e:
-            raise ApiError(413, str(e), "max_tokens" if opts["max_tokens_given"] else "messages") from None
-        except QueueFull as e:
-            raise ApiError(503, str(e), None, {"Retry-After": str(e.retry_after)}) from None
-        except Unavailable as e:
-            raise ApiError(503, f"model not available: {e}", None, {"Retry-After": "5"}) from None
+        except ApiError as e:
+            e.field = "max_tokens" if e.status == 413 and opts["max_tokens_given"] else e.field
+            raise
         log(f"request {req.id}: {len(messages)} messages, {len(prompt)} prompt tokens, max_tokens {max_tokens}, "
             f"temperature {opts['temperature']:g}, top_k {opts['top_k']}")
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Request-Id": req.id}
         resp = Response(_events(req, tok), mimetype="text/event-stream", headers=headers)
-        resp.call_on_close(req.cancel)  # the client left (even before the first chunk) or the reply ended
+        resp.call_on_close(req.cancelled.set)  # the client left (even before the first chunk) or the reply ended
         return resp
 
     return app

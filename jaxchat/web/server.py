@@ -1,9 +1,7 @@
-"""Serving the app: gunicorn with ONE worker process and threads (gthread), or Flask's dev server (debug).
-
-One process, because the model, its KV cache and the engine thread live in it (a second worker would load a
-second copy of the model and batch separately); threads, because every Server-Sent-Events stream holds one for as
-long as its reply lasts. The model loads in the worker, after gunicorn forks: JAX must not start before a fork.
-"""
+"""Serving the app: gunicorn with ONE worker process and threads (gthread), or Flask's dev server (debug). One
+process, because the model, its KV cache and the engine thread live in it (a second worker would load a second model
+and batch apart); threads, because every Server-Sent-Events stream holds one while its reply lasts. The model loads
+in the worker, after gunicorn forks: JAX must not start before a fork."""
 from gunicorn.app.base import BaseApplication
 
 
@@ -23,8 +21,7 @@ class _Gunicorn(BaseApplication):
 
 def serve(app_factory, *, host: str = "127.0.0.1", port: int = 8000, threads: int = 32, debug: bool = False,
           timeout: int = 900, access_log: bool = True) -> None:
-    """Run `app_factory()` (which loads the model and returns the WSGI app) under gunicorn (gthread, 1 worker),
-    or, with debug=True, in this process under Flask's development server."""
+    """Run `app_factory()` (loads the model, returns the WSGI app) under gunicorn, or Flask's server if debug."""
     if debug:
         app_factory().run(host=host, port=port, threaded=True, debug=False, use_reloader=False)
         return
