@@ -1,15 +1,14 @@
 """Data pipelines: documents → tokens → packed (B, T+1) rows, with exact, checkpointable iterator state.
 
-Pretraining: corpus blocks → grain MapDataset (seeded shuffle reshuffled every epoch, repeated forever, this
-process's slice `[process_index::process_count]`, threaded sentencepiece encode with BOS per document) →
-`Packer` → rows. Midtraining packs rendered conversations the same way; SFT trains one conversation per row
-(`SFTBatches`). Conversations are rendered a few batches ahead on a grain thread. Every loader's state is
-bytes (grain iterator position plus the packer's buffer), so `grain.checkpoint.CheckpointSave` stores it
-with one file per process and a restore gives the identical next batches.
+Pretraining: corpus blocks → grain MapDataset (seeded shuffle every epoch, this process's slice, threaded
+sentencepiece encode) → `Packer` → rows; midtraining packs rendered conversations the same way, SFT trains one
+per row. A loader's state (grain position + packer buffer) goes to `grain.checkpoint.CheckpointSave`.
 """
 from __future__ import annotations
 
 import base64
+import contextlib
+import functools
 import json
 import os
 import sys
@@ -22,10 +21,6 @@ from jaxchat.common import bucket
 from jaxchat.corpus import document_blocks
 
 PACKING_MODES = ("concat", "bos_bestfit")
-
-
-# ----------------------------------------------------------------------------------------------------
-# Document streams
 
 
 def block_dataset(blocks: Sequence, tokenize: Callable[[list], list], *, seed: int, shuffle: bool = True,
@@ -52,10 +47,9 @@ def host_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-# One block (64 embedded documents, 1,024 FineWeb ones) is encoded by up to 16 threads: sentencepiece starts
-# its threads on every call (~75 µs each, measured), 200 of them would cost more than a block's work. grain
-# keeps ceil(cores / 16) blocks (>= 2) in flight, so every core encodes while the Python part of a block
-# (reading, int32 conversion: ~3% of its time, measured) holds the GIL.
+# A block (64 embedded documents, 1,024 FineWeb ones) is encoded by <= 16 threads, as sentencepiece starts them
+# on every call (~75 µs each, measured); grain keeps ceil(cores / 16) blocks (>= 2) in flight, so every core
+# encodes while the Python part of a block (reading, int32 conversion: ~3% of its time) holds the GIL.
 def encode_threads() -> int:
     return min(host_threads(), 16)
 
@@ -80,18 +74,6 @@ def iterate(ds, threads: int | None = None, prefetch: int | None = None):
     return iter(ds.to_iter_dataset(options))
 
 
-# ----------------------------------------------------------------------------------------------------
-# Packing
-
-
-def _b64(a) -> str:
-    return base64.b64encode(np.asarray(a, np.int32).tobytes()).decode()
-
-
-def _unb64(s: str) -> np.ndarray:
-    return np.frombuffer(base64.b64decode(s), np.int32).copy()
-
-
 class Packer:
     """Packs a stream of token lists into rows of T+1 tokens. `stream` is a grain iterator whose elements are
     lists of int32 arrays (one per document).
@@ -100,12 +82,9 @@ class Packer:
     - "bos_bestfit" (nanochat's later loader): every row starts at a document's BOS and takes the largest
       buffered document that still fits; when none fits the shortest is cropped to fill the row (no padding)."""
 
-    def __init__(self, stream, seq_len: int, mode: str = "concat", bos_id: int | None = None,
-                 buffer_docs: int = 1000):
+    def __init__(self, stream, seq_len: int, mode: str = "concat", buffer_docs: int = 1000):
         if mode not in PACKING_MODES:
             raise ValueError(f"packing must be one of {PACKING_MODES}, got {mode!r}")
-        if mode == "bos_bestfit" and bos_id is None:
-            raise ValueError("bos_bestfit packing needs bos_id")
         self.stream, self.T, self.mode, self.buffer_docs = stream, seq_len, mode, buffer_docs
         self.tokens = np.zeros((0,), np.int32)  # concat: pending stream
         self.docs: list[np.ndarray] = []  # bestfit: buffered documents
@@ -141,10 +120,11 @@ class Packer:
             room -= len(doc)
         return np.concatenate(row)
 
-    def get_state(self) -> bytes:
+    def get_state(self) -> bytes:  # the pending tokens (concat) or buffered documents (bestfit), back to back
+        flat = np.concatenate([self.tokens, *self.docs])
         return json.dumps({"stream": self.stream.get_state(), "mode": self.mode, "T": self.T,
-                           "tokens": _b64(self.tokens), "doc_lengths": [len(d) for d in self.docs],
-                           "docs": _b64(np.concatenate([np.zeros((0,), np.int32), *self.docs]))}).encode()
+                           "lengths": [len(self.tokens)] + [len(d) for d in self.docs],
+                           "tokens": base64.b64encode(flat.tobytes()).decode()}).encode()
 
     def set_state(self, state: bytes) -> None:
         s = json.loads(state)
@@ -152,9 +132,8 @@ class Packer:
             raise ValueError(f"data state is for packing={s['mode']} T={s['T']}, this loader has "
                              f"packing={self.mode} T={self.T}")
         self.stream.set_state(s["stream"])
-        self.tokens, flat = _unb64(s["tokens"]), _unb64(s["docs"])
-        ends = np.cumsum(s["doc_lengths"], dtype=np.int64)
-        self.docs = [flat[e - n:e] for e, n in zip(ends, s["doc_lengths"])]
+        flat = np.frombuffer(base64.b64decode(s["tokens"]), np.int32).copy()
+        self.tokens, *self.docs = np.split(flat, np.cumsum(s["lengths"][:-1], dtype=np.int64))
 
     def start_prefetch(self) -> None:
         self.stream.start_prefetch()
@@ -184,7 +163,7 @@ def pretrain_batches(source: str, split: str, tokenizer, *, rows: int, seq_len: 
     """Infinite shuffled training batches from a corpus source (corpus.py)."""
     ds = block_dataset(document_blocks(source, split), make_tokenize(tokenizer), seed=seed,
                        process_index=process_index, process_count=process_count)
-    packer = Packer(iterate(ds, threads=threads), seq_len, packing, bos_id=tokenizer.bos_id)
+    packer = Packer(iterate(ds, threads=threads), seq_len, packing)
     return RowBatches(packer, rows, accum)
 
 
@@ -192,18 +171,12 @@ def eval_rows(source: str, split: str, tokenizer, *, seq_len: int, max_tokens: i
     """A fixed, unshuffled set of rows [N, T+1] (concat packing, in block order) for loss / bits per byte."""
     packer = Packer(map(make_tokenize(tokenizer), document_blocks(source, split)), seq_len)
     out = []
-    try:
+    with contextlib.suppress(StopIteration):  # the split may run out first
         while len(out) < max(1, max_tokens // seq_len):
             out.append(packer.next_row())
-    except StopIteration:  # the split ran out first
-        pass
     if not out:
         raise ValueError(f"the {split} split of {source!r} has fewer than {seq_len + 1} tokens")
     return np.stack(out)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Conversations
 
 
 def _ahead(fn: Callable[[int], object], n: int, repeat: bool = False):
@@ -256,7 +229,6 @@ class SFTBatches:
         self.steps_per_epoch = (len(task) // process_count) // self.per_step
         if self.steps_per_epoch < 1:
             raise ValueError(f"{len(task)} conversations cannot fill one step of {self.per_step * process_count}")
-        self._cached = (None, None)
         self._it = _ahead(self._batch, sys.maxsize)
 
     def __iter__(self):
@@ -265,11 +237,9 @@ class SFTBatches:
     def __next__(self) -> dict:
         return next(self._it)
 
+    @functools.lru_cache(maxsize=1)
     def _order(self, epoch: int) -> np.ndarray:
-        """This epoch's conversation order: a seeded shuffle, then within each group of GROUP steps the
-        conversations are sorted by length and the group's batches are shuffled again."""
-        if self._cached[0] == epoch:
-            return self._cached[1]
+        """A seeded shuffle; within each group of GROUP steps sorted by length, the group's batches shuffled again."""
         rng = np.random.default_rng(self.seed + epoch)
         order = rng.permutation(len(self.task))[self.pi::self.pc][: self.steps_per_epoch * self.per_step]
         out = []
@@ -278,8 +248,7 @@ class SFTBatches:
             idx = idx[np.argsort([len(self._render(int(i))[0]) for i in idx], kind="stable")]
             batches = idx.reshape(-1, self.per_step)
             out.append(batches[rng.permutation(len(batches))].reshape(-1))
-        self._cached = (epoch, np.concatenate(out))
-        return self._cached[1]
+        return np.concatenate(out)
 
     def _render(self, i: int):
         return self.tok.render_conversation(self.task[i], max_tokens=self.max_tokens + 1)

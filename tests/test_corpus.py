@@ -35,7 +35,7 @@ def embedded():
     for split in ("train", "val"):
         b = document_blocks("embedded", split)
         docs = [b[i] for i in range(len(b))]
-        out[split] = {"blocks": b, "docs": docs, "labels": [b.label(i) for i in range(len(b))]}
+        out[split] = {"blocks": b, "docs": docs, "labels": [spec[1] for spec in b.specs]}
     return out
 
 
@@ -44,12 +44,9 @@ def test_embedded_split_disjoint_and_complete(embedded):
     assert len(set(train)) == len(train) and len(set(val)) == len(val)
     assert not set(train) & set(val)
     assert val, "val split must not be empty"
-    every = set()
-    for comp in ("stdlib", "perldoc", "pydoc", "linuxdoc"):
-        root = corpus._component_root(comp)
-        if root is not None:
-            every |= {(comp, r) for r in corpus._component_files(comp, root)}
-    every |= {("chitchat", c) for c in corpus._chitchat_texts(str(corpus._component_root("chitchat")))}
+    every = {(comp, u) for comp, root in corpus._embedded_roots("embedded")
+             for u in corpus._component_units(comp, root)[0]}
+    assert {c for c, _ in every} >= {"stdlib", "chitchat"}
     assert set(train) | set(val) == every
     assert 0.005 < len(val) / len(every) < 0.05
     # blocks respect the packing limits
@@ -89,7 +86,7 @@ def test_embedded_deterministic_and_picklable(embedded):
     assert len(clone) == len(again) and clone[i] == again[i] and clone[-1] == again[-1]
     # a fresh construction is cheap: the index is only built on first use
     fresh = pickle.loads(pickle.dumps(document_blocks("embedded", "val")))
-    assert fresh._specs is None and len(fresh) == len(embedded["val"]["blocks"])
+    assert "specs" not in vars(fresh) and len(fresh) == len(embedded["val"]["blocks"])
 
 
 def test_embedded_same_index_in_another_process(embedded):
@@ -118,7 +115,7 @@ def test_describe_embedded_consistent(embedded):
 
 def test_embedded_component_selection_and_errors(monkeypatch, tmp_path):
     b = document_blocks("embedded:chitchat", "val")
-    assert {b.label(i) for i in range(len(b))} == {"chitchat"}
+    assert {spec[1] for spec in b.specs} == {"chitchat"}
     with pytest.raises(CorpusError, match="unknown embedded component"):
         document_blocks("embedded:stdlib,olmo_eval")
     monkeypatch.setattr(corpus, "DEBIAN_ROOT", tmp_path)  # nothing installed there
@@ -147,7 +144,7 @@ def test_debian_components_from_a_fake_tree(monkeypatch, tmp_path):
     docs = sorted(d for s in ("train", "val") for d in iter_documents("embedded:pydoc,perldoc,linuxdoc", s))
     assert docs == sorted(["newer python docs win", "The Python Tutorial", "=head1 NAME\n\nperlintro",
                            "Linux kernel release 6.x"])
-    assert "linuxdoc" in corpus._embedded_components("embedded")  # installed components join the default
+    assert "linuxdoc" in dict(corpus._embedded_roots("embedded"))  # installed components join the default
 
 
 def test_render_chitchat():
@@ -201,7 +198,7 @@ def test_user_directory(user_dir):
     assert set(desc["components"]) == {"txt", "jsonl", "parquet"}
     assert desc["docs"] == len(got["train"]) and desc["chars"] == sum(map(len, got["train"]))
     # parquet blocks are row groups (100 rows each, minus the val rows)
-    pq_blocks = [len(b[i]) for i in range(len(b)) if b.label(i) == "parquet"]
+    pq_blocks = [len(b[i]) for i in range(len(b)) if b.specs[i][1] == "parquet"]
     assert len(pq_blocks) == 3 and max(pq_blocks) <= 100
 
 
@@ -230,6 +227,8 @@ def test_user_path_errors(tmp_path):
     (tmp_path / "empty" / "x.csv").write_text("a,b")
     with pytest.raises(CorpusError, match=r"no corpus files in .*empty.*\.txt/\.jsonl/\.parquet"):
         len(document_blocks(str(tmp_path / "empty")))
+    with pytest.raises(CorpusError, match=r"no corpus files in .*x\.csv.*\.txt/\.jsonl/\.parquet"):
+        len(document_blocks(str(tmp_path / "empty" / "x.csv")))
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok"}\n{"body": "no text"}\n{"text": "ok2"}\n')
     with pytest.raises(CorpusError, match="bad.jsonl.*no string \"text\""):
@@ -251,6 +250,9 @@ def test_cli_describe(user_dir, capsys):
     descs = json.loads(capsys.readouterr().out)
     assert [x["split"] for x in descs] == ["train", "val"]
     assert sum(x["docs"] for x in descs) == 1500 + 1 + 90 + 250
+    assert corpus.main(["describe", "--source", str(d), "--split", "val"]) == 0
+    table = capsys.readouterr().out
+    assert "[val]" in table and "[train]" not in table and f"{descs[1]['docs']:>9,} docs" in table.split("total")[1]
     assert corpus.main(["describe", "--source", str(d / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
 
@@ -260,11 +262,11 @@ def test_cli_describe(user_dir, capsys):
 
 
 def test_fineweb_missing_shards_error(tmp_path):
-    with pytest.raises(CorpusError, match=r"no FineWeb-edu shards in .*python -m jaxchat\.corpus download -n 8"):
+    with pytest.raises(CorpusError, match=r"0 FineWeb-edu shard\(s\) in .*python -m jaxchat\.corpus download -n 8"):
         document_blocks("fineweb", data_dir=tmp_path)
     _write_parquet(tmp_path / "shard_00000.parquet", ["a", "b"], 1)
     assert list(iter_documents("fineweb", "val", data_dir=tmp_path)) == ["a", "b"]
-    with pytest.raises(CorpusError, match="at least two"):
+    with pytest.raises(CorpusError, match="train needs at least 2"):
         document_blocks("fineweb", "train", data_dir=tmp_path)
 
 
@@ -315,14 +317,14 @@ def test_download_truncated_or_corrupt_never_kept(shards):
     server, _, out = shards
     name = corpus.shard_name(0)
     server.truncate_once.add(name)
-    with pytest.raises(CorpusError, match="truncated transfer"):
+    with pytest.raises(CorpusError, match="IncompleteRead.*more expected"):
         corpus.download_fineweb(1, data_dir=out, base_url=server.url, retries=0, progress=False)
     assert list(out.iterdir()) == []  # neither the shard nor a temporary file (nor a completion marker)
     corpus.download_fineweb(1, data_dir=out, base_url=server.url, retries=0, progress=False)
     assert (out / name).read_bytes() == server.files[name]
     # a body of the announced length that is not a parquet file (e.g. an HTML error page)
     server.files[corpus.shard_name(1)] = b"<html>rate limited</html>"
-    with pytest.raises(CorpusError, match="PAR1"):
+    with pytest.raises(CorpusError, match="not a parquet file"):
         corpus.download_fineweb(2, data_dir=out, base_url=server.url, retries=1, backoff=0.01, progress=False)
     assert server.requests[corpus.shard_name(1)] == 2 and not (out / corpus.shard_name(1)).exists()
     # a missing shard (404) is reported without retrying; bad shard counts are rejected
@@ -365,5 +367,6 @@ def test_shards_for_chars():
     for preset, n in want.items():
         assert corpus.shards_for_chars(C.load(["tokenizer"], [f"--preset={preset}"]).tokenizer.max_chars) == n
     assert corpus.shards_for_chars(1) == 2 and corpus.shards_for_chars(10**15) == corpus.NUM_FINEWEB_SHARDS
+    assert [corpus.shards_needed(p) for p in ("d20", "d26", "d32")] == [238, 459, 795]  # base training, +10%
     for n in (11, 21):  # the train split holds what is asked, with each shard's 250M chars cut to 80%
         assert (n - 1) * 250e6 * 0.8 >= {11: 2e9, 21: 4e9}[n]
