@@ -1,8 +1,5 @@
-"""The sandbox process of jaxchat.sandbox.run_code, run by path: `python -I -S _sandbox_child.py jaxchat-sandbox <cfg>`.
-
-Namespaces, then the program in a forked child (limits, private uid, guards) while this process waits and cleans up.
-It imports little (it starts once per run) and nothing of jaxchat.
-"""
+"""The supervisor of jaxchat.sandbox.run_code, run by path (`python -I -S _sandbox_child.py jaxchat-sandbox <cfg>`):
+namespaces, then the program in a forked child (limits, private uid, guards). It imports nothing of jaxchat."""
 import _posixsubprocess
 import _socket
 import builtins
@@ -20,20 +17,19 @@ import traceback
 EXIT_MEMORY, EXIT_SETUP = 3, 4  # our own exit codes (a user exit status becomes 0 or 1); see sandbox.run_code
 _NEWUSER, _NEWPID, _NEWNET = 0x10000000, 0x20000000, 0x40000000  # unshare(2) flags
 _PDEATHSIG, _SUBREAPER, _NO_NEW_PRIVS = 1, 36, 38  # prctl(2) options
-_DENIED = ("fork forkpty system popen execv execve execl execle execlp execlpe execvp execvpe spawnl spawnle spawnlp "
-           "spawnlpe spawnv spawnve spawnvp spawnvpe posix_spawn posix_spawnp kill killpg setsid setpgid setpgrp "
-           "chdir fchdir chroot chown lchown fchown fchmod lchmod mknod setuid setgid setreuid setregid setresuid "
-           "setresgid setgroups pidfd_open removedirs renames").split()
-_PATHS = {"remove": 1, "unlink": 1, "rmdir": 1, "mkdir": 1, "rename": 2, "replace": 2, "truncate": 1, "chmod": 1,
-          "utime": 1, "mkfifo": 1, "link": 2}  # os functions whose first n arguments are paths they change
+# os.py's exec*, spawn*, popen, removedirs and renames go through these (or subprocess)
+_DENIED = ("fork forkpty system execv execve posix_spawn posix_spawnp kill killpg setsid setpgid setpgrp chdir fchdir "
+           "chroot chown lchown fchown fchmod lchmod mknod setuid setgid setreuid setregid setresuid setresgid "
+           "setgroups pidfd_open").split()
+_PATHS = {"remove": (0, 1), "unlink": (0, 1), "rmdir": (0, 1), "mkdir": (0, 1), "rename": (0, 2), "replace": (0, 2),
+          "truncate": (0, 1), "chmod": (0, 1), "utime": (0, 1), "mkfifo": (0, 1), "link": (0, 2), "symlink": (1, 2)}
 _BLOCKED = ("ctypes", "_ctypes", "multiprocessing", "_multiprocessing", "resource", "psutil", "pty")
 
 
 def _expose_stdlib() -> None:
-    """The stdlib may sit where the private uid cannot read (/root/.pyenv): import it through a directory fd opened
-    now, as root (/proc/self/fd/N checks no permission on the directories above it)."""
+    """The private uid may not read the stdlib's directory (/root/.pyenv): import it through a dir fd opened as root."""
     stdlib = os.path.dirname(os.__file__)
-    alias = f"/proc/self/fd/{os.open(stdlib, os.O_RDONLY | os.O_DIRECTORY)}"
+    alias = f"/proc/self/fd/{os.open(stdlib, os.O_RDONLY | os.O_DIRECTORY)}"  # no permission check above it
 
     def moved(paths):
         return [alias + p[len(stdlib):] if p == stdlib or p.startswith(stdlib + "/") else p for p in paths]
@@ -69,8 +65,6 @@ def main(cfg: dict) -> None:
         except BaseException as e:
             os.write(2, f"sandbox setup failed: {type(e).__name__}: {e}\n".encode("utf-8", "replace"))
         os._exit(EXIT_SETUP)
-    for fd in (0, 1, 2):
-        os.close(fd)  # only the program holds the pipes, so they close when it is gone
     status = os.waitpid(child, 0)[1]
     if root and not pidns and os.fork() == 0:  # kill all the private uid still runs, as that uid: one kernel sweep
         try:  # (in a pid namespace the kernel killed the rest with the program, its pid 1)
@@ -92,11 +86,9 @@ def _run_user(cfg: dict, drop: bool, libc) -> None:
     prog = os.path.join(box, "program.py")
     with open(prog, "rb") as f:
         source = f.read().decode("utf-8", "surrogatepass")
-    limits = [(resource.RLIMIT_CPU, cfg["cpu_s"]), (resource.RLIMIT_FSIZE, cfg["fsize"]), (resource.RLIMIT_CORE, 0),
-              (resource.RLIMIT_NPROC, cfg["nproc"]), (resource.RLIMIT_NOFILE, 64)]
-    if cfg["mem"]:
-        limits += [(resource.RLIMIT_AS, cfg["mem"]), (resource.RLIMIT_DATA, cfg["mem"])]
-    for res, value in limits:
+    for res, value in [(resource.RLIMIT_CPU, cfg["cpu_s"]), (resource.RLIMIT_FSIZE, cfg["fsize"]),
+                       (resource.RLIMIT_CORE, 0), (resource.RLIMIT_NPROC, cfg["nproc"]), (resource.RLIMIT_NOFILE, 64),
+                       (resource.RLIMIT_AS, cfg["mem"]), (resource.RLIMIT_DATA, cfg["mem"])]:
         hard = resource.getrlimit(res)[1]
         resource.setrlimit(res, (value, value) if drop or hard == resource.RLIM_INFINITY else (min(value, hard),) * 2)
     if drop:  # as root RLIMIT_NPROC and file permissions do not apply: become the sandbox's private uid (= gid)
@@ -113,25 +105,23 @@ def _run_user(cfg: dict, drop: bool, libc) -> None:
     if cfg["guards"]:
         _install_guards(box)
     sys.stdout.reconfigure(errors="backslashreplace")
-    sys.argv = [prog]
-    g, rc = {"__name__": "__main__", "__file__": prog, "__builtins__": builtins}, 0
+    sys.argv, rc = [prog], 0
     try:
-        exec(compile(source, prog, "exec"), g)
+        exec(compile(source, prog, "exec"), {"__name__": "__main__", "__file__": prog, "__builtins__": builtins})
     except SystemExit as e:
         if e.code not in (None, 0):
             sys.stderr.write(f"SystemExit: {e.code}\n")
             rc = 1
     except BaseException as e:
-        g, rc = None, EXIT_MEMORY if isinstance(e, MemoryError) else 1
+        rc = EXIT_MEMORY if isinstance(e, MemoryError) else 1
         try:
             traceback.print_exception(type(e), e, e.__traceback__.tb_next)  # without this file's frame
         except MemoryError:
             rc = EXIT_MEMORY
-    try:
+    with contextlib.suppress(BaseException):
         sys.stdout.flush()
         sys.stderr.flush()
-    finally:
-        _exit(rc)
+    _exit(rc)
 
 
 def _install_guards(box: str) -> None:
@@ -145,8 +135,7 @@ def _install_guards(box: str) -> None:
         return denied
 
     def check(name, path, dir_fd=None):
-        named = dir_fd is None and isinstance(path, (str, bytes, os.PathLike))
-        p = realpath(os.fsdecode(path)) if named else ""
+        p = realpath(os.fsdecode(path)) if dir_fd is None and isinstance(path, (str, bytes, os.PathLike)) else ""
         if not (p == box or p.startswith(box + os.sep)):
             raise PermissionError(f"{name}: writing outside the sandbox directory is not allowed: {path!r}")
 
@@ -166,13 +155,13 @@ def _install_guards(box: str) -> None:
         def guarded(*args, **kwargs):
             dir_fd = next((v for k, v in kwargs.items() if k.endswith("dir_fd") and v is not None), None)
             for p in args[first:end]:
-                if not (name == "truncate" and isinstance(p, int)):
+                if not (name == "truncate" and isinstance(p, int)):  # os.truncate(fd) changes an open file
                     check("os." + name, p, dir_fd)
             return real(*args, **kwargs)
         return guarded
 
-    patches = {"open": guarded_os_open, "_exit": sys.exit, "symlink": path_checked("symlink", 1, 2)}
-    patches.update((name, path_checked(name, 0, n)) for name, n in _PATHS.items() if hasattr(os, name))
+    patches = {"open": guarded_os_open, "_exit": sys.exit}
+    patches.update((name, path_checked(name, *span)) for name, span in _PATHS.items() if hasattr(os, name))
     patches.update((name, deny("os." + name)) for name in _DENIED if hasattr(os, name))
     for name, fn in patches.items():
         setattr(os, name, fn)
@@ -181,14 +170,14 @@ def _install_guards(box: str) -> None:
     builtins.open = io.open = guarded_open
     _posixsubprocess.fork_exec = deny("subprocess")  # subprocess is not imported yet; it binds this at import
     _socket.socketpair = deny("socketpair")
-    for mod in (_socket, sys.modules.get("socket")):  # cut at the class, so `import socket` still works
-        if mod is not None:
-            class DeniedSocket(mod.socket):
-                __slots__ = ()  # socket.py's subclass adds __weakref__
+    sys.modules.pop("socket", None)  # so `import socket` builds on the class below: it still imports
 
-                def __init__(self, *args, **kwargs):
-                    raise PermissionError("socket creation is disabled in the jaxchat sandbox")
-            mod.socket = mod.SocketType = DeniedSocket
+    class DeniedSocket(_socket.socket):
+        __slots__ = ()  # socket.py's subclass adds __weakref__
+
+        def __init__(self, *args, **kwargs):
+            raise PermissionError("socket creation is disabled in the jaxchat sandbox")
+    _socket.socket = _socket.SocketType = DeniedSocket
 
 
 if __name__ == "__main__":

@@ -1,14 +1,14 @@
 """The chat model's calculator tool: evaluates what it writes between `<|python_start|>` and `<|python_end|>`.
 
 nanochat `eval`s arithmetic (digits, `+ - * / . ( )`, commas stripped, no `**`) or `'text'.count('x')`. Here the
-same language is parsed with `ast` and walked by hand (no `eval`: numeric constants, unary +/-, + - * / //, and
-one literal's `.count(literal)`), so no code can run. Inputs are at most 256 characters and integers at most 4096
-bits (checked before multiplying): cost is bounded without a timeout, ~20 us a call (RL calls it thousands of times).
+same language is parsed with `ast` and walked by hand, so no code can run. Inputs of at most 256 characters and
+integers of at most 4096 bits (checked before multiplying) bound the cost without a timeout: ~20 us a call.
 """
 from __future__ import annotations
 
 import ast
 import math
+import operator
 import re
 
 CALC_MAX_LEN = 256
@@ -19,11 +19,8 @@ _STR_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123
 _FORBIDDEN = ("import", "exec", "eval", "compile", "open", "file", "input", "globals", "locals", "vars", "dir",
               "getattr", "setattr", "delattr", "hasattr", "lambda", "builtins", "os", "sys")
 _LITERAL = re.compile(r"'[^'\\]*'|\"[^\"\\]*\"")
-_BINOPS = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv)
-
-
-class _CalcError(Exception):
-    pass
+_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+        ast.FloorDiv: operator.floordiv}
 
 
 def _arith_ok(node: ast.AST) -> bool:
@@ -31,9 +28,7 @@ def _arith_ok(node: ast.AST) -> bool:
         return type(node.value) in (int, float)
     if isinstance(node, ast.UnaryOp):
         return isinstance(node.op, (ast.UAdd, ast.USub)) and _arith_ok(node.operand)
-    if isinstance(node, ast.BinOp):
-        return isinstance(node.op, _BINOPS) and _arith_ok(node.left) and _arith_ok(node.right)
-    return False
+    return isinstance(node, ast.BinOp) and type(node.op) in _OPS and _arith_ok(node.left) and _arith_ok(node.right)
 
 
 def _count_ok(node: ast.AST) -> bool:
@@ -62,8 +57,7 @@ def _analyze(expr) -> tuple[str, ast.AST | None]:
     if all(c in _ARITH_CHARS for c in arith):
         if "**" in arith:
             return "the power operator ** is not allowed", None
-        tree = _parse(arith)
-        if tree is None:
+        if (tree := _parse(arith)) is None:
             return "not a valid arithmetic expression", None
         if not _arith_ok(tree):
             return "only + - * / // on numbers are allowed", None
@@ -79,8 +73,7 @@ def _analyze(expr) -> tuple[str, ast.AST | None]:
             return f"forbidden name {word!r}", None
     if ".count(" not in code_part:
         return "only arithmetic or 'text'.count('x') is supported", None
-    tree = _parse(expr)
-    if tree is None:
+    if (tree := _parse(expr)) is None:
         return "not a valid expression", None
     if not _count_ok(tree):
         return "only a string literal's .count(string literal) is supported", None
@@ -100,41 +93,25 @@ def _eval_arith(node: ast.AST):
         v = _eval_arith(node.operand)
         return -v if isinstance(node.op, ast.USub) else +v
     a, b = _eval_arith(node.left), _eval_arith(node.right)
-    op = node.op
-    if isinstance(op, ast.Add):
-        r = a + b
-    elif isinstance(op, ast.Sub):
-        r = a - b
-    elif isinstance(op, ast.Mult):
-        if type(a) is int and type(b) is int and a.bit_length() + b.bit_length() > CALC_MAX_INT_BITS:
-            raise _CalcError("integer too large")
-        r = a * b
-    elif isinstance(op, ast.Div):
-        r = a / b
-    else:
-        r = a // b
+    if (isinstance(node.op, ast.Mult) and type(a) is type(b) is int
+            and a.bit_length() + b.bit_length() > CALC_MAX_INT_BITS):
+        raise OverflowError("integer too large")
+    r = _OPS[type(node.op)](a, b)
     if type(r) is int and r.bit_length() > CALC_MAX_INT_BITS:
-        raise _CalcError("integer too large")
+        raise OverflowError("integer too large")
     return r
 
 
 def _format_number(v) -> str | None:
     """Ints as ints, whole floats below 1e15 as ints ("408"), else 15 significant digits ("0.3"); inf/nan -> None."""
-    if type(v) is int:
-        return str(v)
-    if not math.isfinite(v):
-        return None
-    if v.is_integer() and abs(v) < 1e15:
+    if type(v) is int or (math.isfinite(v) and v.is_integer() and abs(v) < 1e15):
         return str(int(v))
-    return format(v, ".15g")
+    return format(v, ".15g") if math.isfinite(v) else None
 
 
 def calculator(expr: str) -> str | None:
-    """The text to inject as the tool's output, or None (rejected or failed: nothing is injected).
-
-    `calculator("1,234 + 1") == "1235"`, `calculator("7/2") == "3.5"`, `calculator("'strawberry'.count('r')") == "3"`,
-    `calculator("1/0") is None`, `calculator("2**10") is None`.
-    """
+    """The tool's output text ("1,234 + 1" -> "1235", "7/2" -> "3.5", "'strawberry'.count('r')" -> "3"), or None
+    when rejected or failed ("1/0", "2**10"): then nothing is injected."""
     _why, tree = _analyze(expr)
     if tree is None:
         return None
@@ -142,5 +119,5 @@ def calculator(expr: str) -> str | None:
         if isinstance(tree, ast.Call):
             return str(tree.func.value.value.count(tree.args[0].value))
         return _format_number(_eval_arith(tree))
-    except (ArithmeticError, _CalcError, RecursionError, ValueError, TypeError):
+    except (ArithmeticError, RecursionError, ValueError, TypeError):
         return None

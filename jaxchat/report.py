@@ -1,14 +1,11 @@
 """The run's markdown report: environment, one section per stage, the summary table and plots.
 
     python -m jaxchat.report reset [--preset=P] [--keep-sections] [--no-devices]   # a run starts: header.json
-    python -m jaxchat.report generate       # the stages' sections (jaxchat.stage.SECTIONS) + logs -> report.md
-
-reset removes the old sections, report.md and plots/ (--keep-sections, a resumed pipeline: the finished sections
-and the start time stay). JAX is probed in a subprocess, so one that cannot start is reported, not fatal.
-"""
+    python -m jaxchat.report generate       # the stages' sections (jaxchat.stage.SECTIONS) + logs -> report.md"""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import itertools
 import json
@@ -51,19 +48,16 @@ def _num(v) -> float | None:
 
 def load_sections() -> dict:
     """{section: its JSON} for every section of jaxchat.stage.SECTIONS that a stage wrote, in pipeline order."""
-    d = report_dir()
-    return {s: json.loads((d / f"{s}.json").read_text()) for s in SECTIONS if (d / f"{s}.json").is_file()}
+    return {s: json.loads(p.read_text()) for s in SECTIONS if (p := report_dir() / f"{s}.json").is_file()}
 
 
 def read_log(path: Path) -> dict:
     """{kind: records by step}, the last per (kind, step) (resumed runs re-log); torn lines (killed writer) skipped."""
     by_key = {}
     for line in path.read_text(errors="replace").splitlines():
-        try:
+        with contextlib.suppress(ValueError):
             r = json.loads(line)
             by_key[(r.get("kind", "train"), r["step"])] = r
-        except ValueError:
-            continue
     ordered = sorted(by_key.items(), key=lambda kv: kv[0][1])
     return {kind: [r for (k, _), r in ordered if k == kind] for kind in {k for k, _ in by_key}}
 
@@ -93,40 +87,24 @@ def summary_table(sections: dict) -> dict:
     return {r: v for r, v in table.items() if r in ROWS or any(x is not None for x in v.values())}
 
 
-def stage_times(sections: dict, start: float | None) -> tuple[list[tuple], float | None]:
-    """[(title, finished, seconds since the previous section, the stage's own timer)], total seconds."""
-    rows, prev = [], start
-    for slug, sec in sorted(sections.items(), key=lambda kv: kv[1]["time"]):
-        spec = SECTIONS[slug]
-        rows.append((spec.title, sec["time"], None if prev is None else sec["time"] - prev, sec.get(spec.timer)))
-        prev = sec["time"]
-    return rows, (rows[-1][1] - start if rows and start is not None else None)
-
-
 def _git(*args) -> str | None:
-    try:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):  # no git binary, or it hung: None
         r = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return r.stdout.strip() if r.returncode == 0 else None
-
-
-_DEVICE_PROBE = ("import collections, json, jax; d = jax.devices(); print('JAXCHAT_DEVICES', json.dumps({"
-                 "'backend': jax.default_backend(), 'device_count': len(d), 'process_count': jax.process_count(), "
-                 "'device_kinds': collections.Counter(x.device_kind for x in d)}))")
+        return r.stdout.strip() if r.returncode == 0 else None
 
 
 def device_info(timeout: float = 180.0) -> dict:
     """The JAX backend and its devices, probed in a subprocess (a JAX that hangs or fails is reported)."""
-    env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    probe = ("import collections, json, jax; d = jax.devices(); print('JAXCHAT_DEVICES', json.dumps({'backend': "
+             "jax.default_backend(), 'device_count': len(d), 'process_count': jax.process_count(), 'device_kinds': "
+             "collections.Counter(x.device_kind for x in d)}))")
     try:
-        r = subprocess.run([sys.executable, "-c", _DEVICE_PROBE], capture_output=True, text=True, timeout=timeout,
-                           env=env, cwd=REPO_ROOT)
+        r = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
+                           env={**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false", "TF_CPP_MIN_LOG_LEVEL": "3"})
     except subprocess.TimeoutExpired:
         return {"error": f"JAX did not start within {timeout:.0f}s"}
-    for line in r.stdout.splitlines():
-        if line.startswith("JAXCHAT_DEVICES "):
-            return json.loads(line.split(" ", 1)[1])
+    if line := next((ln for ln in r.stdout.splitlines() if ln.startswith("JAXCHAT_DEVICES ")), None):
+        return json.loads(line.split(" ", 1)[1])
     tail = [ln for ln in r.stderr.splitlines() if ln.strip()]
     return {"error": "JAX could not start: " + (tail[-1][:300] if tail else f"exit status {r.returncode}")}
 
@@ -149,14 +127,13 @@ def header_info(preset: str | None, query_devices: bool = True) -> dict:
                       "characters": sum(map(len, sources))}}
 
 
-def reset(preset: str | None = None, *, keep_sections: bool = False, query_devices: bool = True) -> Path:
-    """Start a run's report (see the module docstring); a kept run records this restart under "resumed"."""
+def reset(preset: str | None = None, keep_sections: bool = False, query_devices: bool = True) -> Path:
+    """Remove report.md, plots/ and the old sections (`keep_sections`, a resumed run: they and the start time stay)."""
     d = report_dir()
     path = d / "header.json"
     old = json.loads(path.read_text()) if keep_sections and path.is_file() else {}
-    for p in d.glob("*.json"):
-        if not keep_sections or p.name == "header.json":
-            p.unlink()
+    for p in d.glob("header.json" if keep_sections else "*.json"):
+        p.unlink()
     (d / "report.md").unlink(missing_ok=True)
     shutil.rmtree(d / "plots", ignore_errors=True)
     info = header_info(preset, query_devices)
@@ -192,12 +169,8 @@ def fmt_value(v, key: str = "") -> str:
     return out + (f" ({fmt_seconds(v)})" if key.endswith("_s") and a >= 60 else "")
 
 
-def fmt4(v) -> str:
-    return DASH if _num(v) is None else f"{v:.4f}"
-
-
-def fmt_pct(v, signed: bool = False) -> str:
-    return DASH if _num(v) is None else f"{100 * v:+.1f}%" if signed else f"{100 * v:.1f}%"
+def fmt(v, spec: str = ".4f") -> str:
+    return DASH if _num(v) is None else format(v, spec)
 
 
 def _when(t) -> str:
@@ -228,7 +201,7 @@ def render_section(slug: str, data: dict, start: float | None) -> list[str]:
         elif k not in ("section", "time"):
             figures += [(f"{k}.{kk}", fmt_value(x, kk)) for kk, x in v.items()] if isinstance(v, dict) else [
                 (k, fmt_value(v, k))]
-    lines = [f"### {SECTIONS[slug].title}", "", f"_{meta}_", ""] + md_table(["figure", "value"], figures)
+    lines = [f"### {SECTIONS[slug][0]}", "", f"_{meta}_", ""] + md_table(["figure", "value"], figures)
     for name, items in tables:
         body, cols = [], [c for c in dict.fromkeys(c for _, rec in items for c in rec)
                           if any(rec.get(c) != label for label, rec in items)]  # not a copy of the row's name
@@ -245,22 +218,20 @@ def render_section(slug: str, data: dict, start: float | None) -> list[str]:
     return lines
 
 
-def _series(recs: list, key: str) -> tuple[list, list]:
-    pts = [(r["step"], r[key]) for r in recs if _num(r.get(key)) is not None]
-    return [x for x, _ in pts], [y for _, y in pts]
+def _line(log: dict, kind: str, key: str, **kw) -> tuple[list, list, dict]:
+    pts = [(r["step"], r[key]) for r in log.get(kind, []) if _num(r.get(key)) is not None]
+    return [x for x, _ in pts], [y for _, y in pts], {"label": key.replace("_", " "), **kw}
 
 
 def _figure(path: Path, panels: list, width: float = 3.4, bars: dict | None = None) -> Path | None:
     """Subplots of (title, [(xs, ys, plot kwargs)]) panels, or bars of {label: {column: value}}; None if empty."""
-    import matplotlib  # on use: the report's other parts do not need it
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # after choosing the Agg backend (no display needed)
+    from matplotlib.figure import Figure  # on use: the report's other parts do not need it (no pyplot: no display)
 
     panels = [(title, [ln for ln in lines if ln[0]]) for title, lines in panels if any(ln[0] for ln in lines)]
     if not panels and not bars:
         return None
-    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(width * max(1, len(panels)), 2.8), squeeze=False)
+    fig = Figure(figsize=(width * max(1, len(panels)), 2.8))
+    axes = fig.subplots(1, max(1, len(panels)), squeeze=False)
     for ax, (title, lines) in zip(axes[0], panels):
         for xs, ys, kw in lines:
             ax.plot(xs, ys, **kw)
@@ -282,42 +253,36 @@ def _figure(path: Path, panels: list, width: float = 3.4, bars: dict | None = No
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 
-def make_plots(table: dict, logs: dict, directory: Path) -> list[tuple[str, Path]]:
-    """The PNGs that have data, in `directory`: [(caption, path)]."""
+def make_plots(table: dict, logs: dict, directory: Path) -> list[str]:
+    """Markdown links to the PNGs that have data, written to `directory`."""
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
-    train = [(f"{s}: training loss", [(*_series(log.get("train", []), "loss"), dict(lw=0.8, alpha=0.3, label="loss")),
-                                      (*_series(log.get("train", []), "ema_loss"), dict(lw=1.4, label="ema loss"))])
-             for s, log in logs.items()]
-    val = [(f"{s}: validation", [(*_series(log.get("eval", []), "val_bpb"), dict(marker="o", ms=3, label="val bpb")),
-                                 (*_series(log.get("eval", []), "val_loss"), dict(marker="s", ms=3, ls="--",
-                                                                                  label="val loss"))])
-           for s, log in logs.items()]
+    train = [(f"{s}: training loss", [_line(log, "train", "loss", lw=0.8, alpha=0.3),
+                                      _line(log, "train", "ema_loss", lw=1.4)]) for s, log in logs.items()]
+    val = [(f"{s}: validation", [_line(log, "eval", "val_bpb", marker="o", ms=3),
+                                 _line(log, "eval", "val_loss", marker="s", ms=3, ls="--")]) for s, log in logs.items()]
     rl = logs.get("rl", {})
     ks = sorted({k for r in rl.get("eval", []) for k in r if k.startswith("pass@")}, key=lambda k: int(k[5:]))
-    rl_panels = [("RL: mean reward per step", [(*_series(rl.get("train", []), "reward"), dict(label="mean reward"))]),
-                 ("RL: pass@k on held-out problems", [(*_series(rl["eval"], k), dict(marker="o", ms=3, label=k))
-                                                      for k in ks])]
+    rl_panels = [("RL: mean reward per step", [_line(rl, "train", "reward", label="mean reward")]),
+                 ("RL: pass@k on held-out problems", [_line(rl, "eval", k, marker="o", ms=3) for k in ks])]
     shown = {r: v for r, v in table.items() if any(x is not None for x in v.values())}
     plots = [("Training loss (EMA) per stage", _figure(directory / "train_loss.png", train)),
              ("Validation bits per byte / loss per stage", _figure(directory / "validation.png", val)),
              ("RL mean reward per step and pass@k", _figure(directory / "rl_reward.png", rl_panels, 3.8)),
              ("Evaluations by stage (the summary table)",
               _figure(directory / "evals.png", [], max(4.0, len(shown) + 1.5), bars=shown))]
-    return [(caption, p) for caption, p in plots if p is not None]
+    return [s for caption, p in plots if p is not None for s in (f"![{caption}](plots/{p.name})", "")]
 
 
 def _header_lines(h: dict) -> list[str]:
     g, m, d, b = h["git"], h["machine"], h["devices"], h["bloat"]
     rows = [("Run started", h["started"] or DASH), ("Preset", h["preset"] or DASH)]
     rows += [("Resumed", ", ".join(h["resumed"]))] if h.get("resumed") else []
-    state = "uncommitted changes" if g and g["dirty"] else "clean"
-    rows += [("Git", f"branch `{g['branch']}`, commit `{g['commit']}` ({state}): {g['message']}" if g
-              else "not available"),
+    rows += [("Git", f"branch `{g['branch']}`, commit `{g['commit']}` "
+                     f"({'uncommitted changes' if g['dirty'] else 'clean'}): {g['message']}" if g else "not available"),
              ("CPU", f"{m['cpu']}, {m['cores']} cores"), ("Memory", f"{m['ram_gib']} GiB"), ("OS", m["os"]),
              ("Devices", d.get("error") or f"JAX backend {d['backend']}: {d['device_count']} devices ("
               + ", ".join(f"{n} × {k}" for k, n in d["device_kinds"].items()) + f"); {d['process_count']} process(es)"),
@@ -329,7 +294,7 @@ def _header_lines(h: dict) -> list[str]:
 
 def _summary_lines(sections: dict, logs: dict, start: float | None) -> list[str]:
     table = summary_table(sections)
-    out = ["## Summary", ""] + md_table(["Metric", *COLUMNS], [(r, *map(fmt4, v.values())) for r, v in table.items()])
+    out = ["## Summary", ""] + md_table(["Metric", *COLUMNS], [(r, *map(fmt, v.values())) for r, v in table.items()])
     counts = {c: n for c in COLUMNS if (n := sections.get(f"chat-evaluation-{c.lower()}", {}).get("chatcore_tasks"))}
     out += ["ChatCORE averages over " + ", ".join(f"{n} task{'s' * (n != 1)} ({c})" for c, n in counts.items())
             + ".", ""] if counts else []
@@ -346,59 +311,61 @@ def _summary_lines(sections: dict, logs: dict, start: float | None) -> list[str]
     out += ["### Bits per byte vs xz -9", ""]
     out += [f"{DASH} (no base-model-loss section)", ""] if (loss := sections.get("base-model-loss")) is None else (
         md_table(["", "bits per byte"], [
-            ("base model, validation text", fmt4(loss["val_bpb"])), ("xz -9, the same text", fmt4(loss["xz_bpb"])),
-            ("model relative to xz (negative: the model compresses better)", fmt_pct(loss["vs_xz"], signed=True)),
-            ("base model, training text", fmt4(loss["train_bpb"])), ("bytes compared", f"{loss['xz_bytes']:,}")]))
+            ("base model, validation text", fmt(loss["val_bpb"])), ("xz -9, the same text", fmt(loss["xz_bpb"])),
+            ("model relative to xz (negative: the model compresses better)", fmt(loss["vs_xz"], "+.1%")),
+            ("base model, training text", fmt(loss["train_bpb"])), ("bytes compared", f"{loss['xz_bytes']:,}")]))
 
     if rl := sections.get("chat-rl"):
         w, ended = rl["reward_window"], [r["ended"] for r in logs.get("rl", {}).get("train", []) if "ended" in r]
-        rows = [(f"mean reward, first {w} steps", fmt4(rl["reward_first"])),
-                (f"mean reward, last {w} steps", fmt4(rl["reward_last"])),
+        rows = [(f"mean reward, first {w} steps", fmt(rl["reward_first"])),
+                (f"mean reward, last {w} steps", fmt(rl["reward_last"])),
                 ("change", f"{rl['reward_last'] - rl['reward_first']:+.4f}")]
         if ended:
             k = min(10, max(1, len(ended) // 2))
             rows.append(("rollouts ending with <|assistant_end|>, first → last steps (training log)",
-                         f"{fmt_pct(sum(ended[:k]) / k)} → {fmt_pct(sum(ended[-k:]) / k)}"))
-        rows += [(f"pass@{k} (held-out, end of training)", fmt4(rl[f"pass@{k}"])) for k in range(1, 9)
+                         f"{fmt(sum(ended[:k]) / k, '.1%')} → {fmt(sum(ended[-k:]) / k, '.1%')}"))
+        rows += [(f"pass@{k} (held-out, end of training)", fmt(rl[f"pass@{k}"])) for k in range(1, 9)
                  if f"pass@{k}" in rl] + [("rollout tokens/s", fmt_value(rl["rollout_tok_per_sec"]))]
         out += ["### RL reward", ""] + md_table(["", "value"], rows)
 
     out += ["### Which split each number comes from", ""] + md_table(["number", "data"], SPLITS)
-    rows, total = stage_times(sections, start)
-    out += ["### Wall clock", "", (f"Total wall clock time: **{fmt_seconds(total)}** (from the run's start, "
-                                   f"{_when(start)}, to the last stage section, {_when(rows[-1][1])}).")
-            if total is not None else f"Total wall clock time: {DASH} (" + (
-                "no stage has finished" if start else "no header: run `python -m jaxchat.report reset` first") + ").",
-            ""]
-    return out + (md_table(["stage", "finished", "since the previous section", "stage's own timer"],
-                           [(n, _when(t), fmt_seconds(d), fmt_seconds(o)) for n, t, d, o in rows]) if rows else [])
+    return out + _wall_clock(sections, start)
+
+
+def _wall_clock(sections: dict, start: float | None) -> list[str]:
+    rows, prev = [], start
+    for slug, sec in sorted(sections.items(), key=lambda kv: kv[1]["time"]):
+        timer = fmt_seconds(next((sec[k] for k in ("wall_time_s", "time_s", "train_time_s") if k in sec), None))
+        rows.append((SECTIONS[slug][0], _when(sec["time"]), fmt_seconds(prev and sec["time"] - prev), timer))
+        prev = sec["time"]
+    why = "no stage has finished" if start else "no header: run `python -m jaxchat.report reset` first"
+    total = (f"**{fmt_seconds(prev - start)}** (from the run's start, {_when(start)}, to the last stage section, "
+             f"{_when(prev)})" if rows and start is not None else f"{DASH} ({why})")
+    return ["### Wall clock", "", f"Total wall clock time: {total}.", ""] + (md_table(
+        ["stage", "finished", "since the previous section", "stage's own timer"], rows) if rows else [])
 
 
 def generate() -> Path:
     """Write `<report_dir>/report.md` (and plots/) from the sections and training logs; returns its path."""
-    d = report_dir()
-    sections, header = load_sections(), d / "header.json"
+    d, sections = report_dir(), load_sections()
+    header = json.loads((d / "header.json").read_text()) if (d / "header.json").is_file() else None
+    start = header["time"] if header else None
     lines = ["# jaxchat report", "", f"Generated {dt.datetime.now():%Y-%m-%d %H:%M:%S} from {d}.", ""]
-    if header.is_file():
-        header = json.loads(header.read_text())
-        lines += ["## Environment", ""] + _header_lines(header)
-    else:
-        header = {"time": None}
-        lines += ["_No header.json: the run did not start with `python -m jaxchat.report reset`._", ""]
+    lines += ["## Environment", ""] + _header_lines(header) if header else [
+        "_No header.json: the run did not start with `python -m jaxchat.report reset`._", ""]
     lines += ["## Stages", ""] + ([] if sections else [f"{DASH} (no stage has written its section yet)", ""])
     for slug, data in sections.items():
-        lines += render_section(slug, data, header["time"])
+        lines += render_section(slug, data, start)
     logs = load_logs(sections)
     plots = make_plots(summary_table(sections), logs, d / "plots")
-    lines += _summary_lines(sections, logs, header["time"])
-    if plots:
-        lines += ["## Plots", ""] + [s for caption, p in plots for s in (f"![{caption}](plots/{p.name})", "")]
+    lines += _summary_lines(sections, logs, start)
+    lines += ["## Plots", ""] + plots if plots else []
     path = d / "report.md"
     path.write_text("\n".join(lines).rstrip() + "\n")
     return path
 
 
-def main(argv=None) -> int:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m jaxchat.report", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
     r = sub.add_parser("reset", help="start a run: clear old sections, write the header")
@@ -409,12 +376,10 @@ def main(argv=None) -> int:
     sub.add_parser("generate", help="write report.md and plots from the sections")
     args = ap.parse_args(argv)
     if args.command == "reset":
-        path = reset(args.preset, keep_sections=args.keep_sections, query_devices=not args.no_devices)
-        print(f"[report] reset: {path}")
+        print(f"[report] reset: {reset(args.preset, args.keep_sections, not args.no_devices)}")
     else:
         print(f"[report] wrote {generate()}")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -1,6 +1,5 @@
-"""What every stage script does around the shared loop: distributed init, mesh, batch arithmetic, checkpoint
-folders, logs, and at the end `finish`: the stage's summary, checked against SECTIONS, written to
-`report/<section>.json` (the report's only input and the pipeline's "done" marker)."""
+"""What every stage script does around the shared loop: distributed init, mesh, batch arithmetic, checkpoint folders,
+logs, and `finish`: the summary, checked against SECTIONS, to `report/<section>.json` (report input, "done" marker)."""
 from __future__ import annotations
 
 import json
@@ -16,59 +15,52 @@ from jax._src import distributed  # the coordination service's state (orbax read
 from jaxchat import sharding as shd
 from jaxchat.checkpoint import STAGE_DIRS, load_model
 from jaxchat.common import JsonlLog, base_dir, print0, report_dir
+from jaxchat.engine import Engine
 
 SAMPLE_PROMPTS = ["The capital of France is", "The chemical symbol of gold is",
                   "If yesterday was Friday, then tomorrow will be", "The opposite of hot is",
                   "The planets of the solar system are:", "My favorite color is", "If 5*x + 3 = 13, then x is",
                   "def fibonacci(n):"]
-
-
-class Section:
-    def __init__(self, title: str, keys: str, optional: str = ""):
-        self.title, self.keys, self.optional = title, tuple(keys.split()), tuple(optional.split())
-        self.timer = next(k for k in ("wall_time_s", "time_s", "train_time_s") if k in self.keys)
+GPU_MEM_FRACTION = "0.92"  # XLA's default is 0.75; scripts/memory_plan.py budgets the GPU presets for this
 
 
 TRAIN = "steps train_time_s final_loss wall_time_s depth "  # train.run's + every training script's
-CORE = ("source model_tag step core core_tasks_run core_tasks_total tasks not_run data max_per_task examples time_s "
-        "examples_per_s json")
-CHAT = ("source model_tag step chatcore chatcore_tasks tasks max_problems num_samples temperature max_new_tokens "
-        "time_s json")
+EVAL = "source model_tag step time_s json tasks "  # every CORE and chat evaluation's
+CORE = EVAL + "core core_tasks_run core_tasks_total not_run data max_per_task examples examples_per_s"
+CHAT = EVAL + "chatcore chatcore_tasks max_problems num_samples temperature max_new_tokens"
 
-# each stage's report section (in pipeline order): title, the keys its summary holds (and may hold), its own timer
+# each stage's report section, in pipeline order: (title, the keys its summary holds); OPTIONAL: keys it may hold
 SECTIONS = {
-    "tokenizer-training": Section("Tokenizer training", "vocab_size source max_chars doc_cap digit_group train_chars "
-                                  "train_documents train_time_s num_special_tokens special_ids token_bytes_min "
-                                  "token_bytes_max token_bytes_mean token_bytes_std model_path sha256"),
-    "tokenizer-evaluation": Section("Tokenizer evaluation", "vocab_size columns rows tiktoken_skipped time_s"),
-    "base-model-training": Section("Base model training", TRAIN + "val_bpb val_loss params tokens tokens_per_step "
-                                   "tok_per_sec flops_per_token preset source", "core_metric core_tasks_run"),
-    "base-model-loss": Section("Base model loss", "train_bpb train_loss train_tokens val_bpb val_loss val_tokens "
-                               "xz_bpb xz_bytes vs_xz samples time_s"),
-    "base-model-evaluation": Section("Base model evaluation (CORE)", CORE),
-    "chat-evaluation-base": Section("Chat evaluation: base", CHAT),
-    "midtraining": Section("Midtraining", TRAIN + "val_loss val_bpb tokens epochs conversations online tok_per_sec "
-                           "params"),
-    "core-evaluation-mid": Section("CORE evaluation: mid", CORE),
-    "chat-evaluation-mid": Section("Chat evaluation: mid", CHAT),
-    "chat-sft": Section("Chat SFT", TRAIN + "val_loss conversations epochs examples online", "mmlu_acc arc_easy_acc"),
-    "core-evaluation-sft": Section("CORE evaluation: sft", CORE),
-    "chat-evaluation-sft": Section("Chat evaluation: sft", CHAT),
-    "chat-rl": Section("Chat RL", TRAIN + "pass@1 reward_first reward_last reward_window rollout_tok_per_sec task",
-                       " ".join(f"pass@{k}" for k in range(2, 9))),
-    "core-evaluation-rl": Section("CORE evaluation: rl", CORE),
-    "chat-evaluation-rl": Section("Chat evaluation: rl", CHAT),
+    "tokenizer-training": ("Tokenizer training", "vocab_size source max_chars doc_cap digit_group train_chars "
+                           "train_documents train_time_s num_special_tokens special_ids token_bytes_min "
+                           "token_bytes_max token_bytes_mean token_bytes_std model_path sha256"),
+    "tokenizer-evaluation": ("Tokenizer evaluation", "vocab_size columns rows tiktoken_skipped time_s"),
+    "base-model-training": ("Base model training", TRAIN + "val_bpb val_loss params tokens tokens_per_step "
+                            "tok_per_sec flops_per_token preset source"),
+    "base-model-loss": ("Base model loss", "train_bpb train_loss train_tokens val_bpb val_loss val_tokens xz_bpb "
+                        "xz_bytes vs_xz samples time_s"),
+    "base-model-evaluation": ("Base model evaluation (CORE)", CORE),
+    "chat-evaluation-base": ("Chat evaluation: base", CHAT),
+    "midtraining": ("Midtraining", TRAIN + "val_loss val_bpb tokens epochs conversations online tok_per_sec params"),
+    "core-evaluation-mid": ("CORE evaluation: mid", CORE),
+    "chat-evaluation-mid": ("Chat evaluation: mid", CHAT),
+    "chat-sft": ("Chat SFT", TRAIN + "val_loss conversations epochs examples online"),
+    "core-evaluation-sft": ("CORE evaluation: sft", CORE),
+    "chat-evaluation-sft": ("Chat evaluation: sft", CHAT),
+    "chat-rl": ("Chat RL", TRAIN + "pass@1 reward_first reward_last reward_window rollout_tok_per_sec task"),
+    "core-evaluation-rl": ("CORE evaluation: rl", CORE),
+    "chat-evaluation-rl": ("Chat evaluation: rl", CHAT),
 }
+OPTIONAL = {"base-model-training": "core_metric core_tasks_run", "chat-sft": "mmlu_acc arc_easy_acc",
+            "chat-rl": " ".join(f"pass@{k}" for k in range(2, 9))}
 
 
 def finish(section: str, summary: dict, checkpoints=None) -> dict:
-    """The end of every stage: close its checkpoints, check its summary against SECTIONS[section], and write
-    `report/<section>.json` (process 0, atomically). Returns the summary."""
+    """Close the checkpoints, check the summary against SECTIONS[section], write it (process 0, atomically)."""
     if checkpoints is not None:
         checkpoints.close()
-    spec = SECTIONS[section]
-    missing = [k for k in spec.keys if k not in summary]
-    extra = [k for k in summary if k not in spec.keys + spec.optional]
+    keys, optional = SECTIONS[section][1].split(), OPTIONAL.get(section, "").split()
+    missing, extra = [k for k in keys if k not in summary], [k for k in summary if k not in keys + optional]
     if missing or extra:
         raise ValueError(f"the {section!r} summary lacks keys {missing}, has undeclared keys {extra} (stage.SECTIONS)")
     if distributed.global_state.process_id == 0:  # not jax.process_index(): tok_train starts no backend
@@ -86,28 +78,18 @@ class Context:
     process_count: int
 
 
-# XLA preallocates 75% of a GPU; the GPU presets' memory plans (scripts/memory_plan.py) budget this fraction instead
-GPU_MEM_FRACTION = "0.92"
-
-
 def init(mesh_cfg, *, training: bool = False, dry_run: bool = False) -> Context:
     os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", GPU_MEM_FRACTION)
     shd.maybe_initialize_distributed()
-    if training and mesh_cfg.accelerator and not (dry_run or mesh_cfg.allow_cpu):
-        require_accelerator()
+    # a GPU preset on a CPU backend would start a weeks-long run on one CPU device: stop at once instead
+    if training and mesh_cfg.accelerator and not (dry_run or mesh_cfg.allow_cpu) and jax.default_backend() == "cpu":
+        raise SystemExit(
+            f"this preset trains on GPUs (or TPUs), but JAX found only the 'cpu' backend ({len(jax.devices())} "
+            "device(s)). Install CUDA JAX: `bash run_all.sh setup --preset <preset>` (or pip install -e '.[gpu,hub]' "
+            "for CUDA 12, '.[gpu13,hub]' for CUDA 13, driver >= 580), then check with `python -m scripts.gpu_check`. "
+            "To run it on the CPU anyway, pass --allow_cpu; --dry_run prints the plan without a GPU.")
     mesh = shd.make_mesh(mesh_cfg)
     return Context(mesh, mesh.size, jax.process_index(), jax.process_count())
-
-
-def require_accelerator() -> None:
-    """A GPU preset on a CPU backend would start a weeks-long run on one CPU device: stop at once instead."""
-    if jax.default_backend() == "cpu":
-        raise SystemExit(
-            "this preset trains on GPUs (or TPUs), but JAX found only the 'cpu' backend "
-            f"({len(jax.devices())} device(s)). Install CUDA JAX for your driver: `bash run_all.sh setup --preset "
-            "<preset>` (or pip install -e '.[gpu,hub]' for CUDA 12, '.[gpu13,hub]' for CUDA 13, driver >= 580), "
-            "then check with `python -m scripts.gpu_check`. To run it on the CPU anyway, pass --allow_cpu; "
-            "--dry_run prints the plan without a GPU.")
 
 
 def model_tag(tag: str, model_cfg) -> str:
@@ -121,7 +103,6 @@ def out_dir(stage: str, tag: str) -> Path:
 
 
 def logger(stage: str, tag: str) -> JsonlLog:
-    """The stage's metrics log; train.run clears it when a run starts afresh (a resumed run appends)."""
     return JsonlLog(out_dir(stage, tag) / "log.jsonl")
 
 
@@ -140,6 +121,15 @@ def banner(name: str, **items) -> None:
 def load_source(stage_name: str, model_tag: str, ctx: Context, step: int = -1):
     """Params, model config and meta of the previous stage's checkpoint (largest model if no tag), on this mesh."""
     return load_model(stage_name, model_tag or None, None if step < 0 else step, mesh=ctx.mesh)
+
+
+def sample_completions(params, mc, tok, mesh) -> dict:
+    prompts = [tok.encode(p, prepend=tok.bos_id) for p in SAMPLE_PROMPTS]
+    seqs, _ = Engine(params, mc, tok, mesh=mesh).generate_batch(prompts, max_tokens=16, temperature=0.0,
+                                                                use_tools=False)
+    samples = {p: tok.decode(s) for p, s in zip(SAMPLE_PROMPTS, seqs)}
+    print0("\n".join(f"    {p!r} -> {s!r}" for p, s in samples.items()))
+    return samples
 
 
 def estimate_tokens(task, tokenizer, max_tokens: int, sample: int = 2000, seed: int = 0) -> float:

@@ -13,7 +13,6 @@ import numpy as np
 from jaxchat import config as C
 from jaxchat import data, evaluate, stage
 from jaxchat.common import cli, print0
-from jaxchat.engine import Engine
 from jaxchat.tokenizer import Tokenizer
 
 
@@ -35,14 +34,9 @@ def main(argv=None):
     text = text.encode()[: cfg.extra.xz_max_bytes].decode("utf-8", "ignore")
     res.update(xz_bpb=evaluate.xz_bits_per_byte(text), xz_bytes=len(text.encode()))
     res["vs_xz"] = res["val_bpb"] / res["xz_bpb"] - 1.0
-    prompts = [tok.encode(p, prepend=tok.bos_id) for p in stage.SAMPLE_PROMPTS]
-    seqs, _ = Engine(params, mc, tok, mesh=ctx.mesh).generate_batch(prompts, max_tokens=16, temperature=0.0,
-                                                                   use_tools=False)
-    res.update(samples={p: tok.decode(s) for p, s in zip(stage.SAMPLE_PROMPTS, seqs)}, time_s=time.time() - t0)
     print0(f"[base_loss] train bpb {res['train_bpb']:.4f} | val bpb {res['val_bpb']:.4f} | "
            f"xz -9 on the same val text {res['xz_bpb']:.4f} bpb | model vs xz {100 * res['vs_xz']:+.1f}%")
-    for p, s in res["samples"].items():
-        print0(f"    {p!r} -> {s!r}")
+    res.update(samples=stage.sample_completions(params, mc, tok, ctx.mesh), time_s=time.time() - t0)
     return stage.finish("base-model-loss", res)
 
 

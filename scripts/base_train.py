@@ -16,7 +16,6 @@ from jaxchat import core_tasks, data, evaluate, stage, train
 from jaxchat import model as gpt
 from jaxchat.checkpoint import Checkpoints
 from jaxchat.common import cli, print0
-from jaxchat.engine import Engine
 from jaxchat.tokenizer import Tokenizer
 
 
@@ -69,12 +68,7 @@ def main(argv=None):
         return res
 
     def sample_fn(state, step):
-        eng = Engine(state["params"], mc, tok, mesh=ctx.mesh)
-        prompts = [tok.encode(p, prepend=tok.bos_id) for p in stage.SAMPLE_PROMPTS]
-        seqs, _ = eng.generate_batch(prompts, max_tokens=16, temperature=0.0, use_tools=False)
-        samples = {p: tok.decode(s) for p, s in zip(stage.SAMPLE_PROMPTS, seqs)}
-        print0("\n".join(f"    {p!r} -> {s!r}" for p, s in samples.items()))
-        return {"samples": samples}
+        return {"samples": stage.sample_completions(state["params"], mc, tok, ctx.mesh)}
 
     state, summary = train.run(
         train.create_train_state(mc, tc, ctx.mesh, n_iter), lambda step, state: next(batches), name="base_train",

@@ -202,7 +202,7 @@ def test_report_from_fixtures(fixture_dir):
 
     # every stage present gets a section, in pipeline order; a missing stage gets none
     heads = [ln[4:] for ln in md.splitlines() if ln.startswith("### ")]
-    titles = [stage.SECTIONS[s].title for s in ORDER]
+    titles = [stage.SECTIONS[s][0] for s in ORDER]
     assert [h for h in heads if h in titles] == titles
     assert "Chat evaluation: mid" not in heads
     assert "| val_bpb | 1.8421 |" in md and "| params | 5,242,880 |" in md
@@ -229,8 +229,6 @@ def test_report_from_fixtures(fixture_dir):
     assert "Total wall clock time: **1h02m05s**" in md
     assert f"| Tokenizer training | {R._when(T0 + 60)} | 1m00s | 41.7s |" in md
     assert f"| Base model training | {R._when(T0 + 180)} | 1m00s | 11m40s |" in md
-    rows, total = R.stage_times(R.load_sections(), T0)
-    assert total == 3725.0 and rows[0][2] == 60.0
 
     # the environment
     assert "10,000 lines" in md and "Fixture CPU" in md and "commit `0123456789ab`" in md

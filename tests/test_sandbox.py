@@ -43,7 +43,7 @@ def track(monkeypatch):
         rec.uids.append(uid)
         return uid, lock
 
-    monkeypatch.setattr(sb, "tempfile", types.SimpleNamespace(mkdtemp=mkdtemp, gettempdir=tempfile.gettempdir))
+    monkeypatch.setattr(sb, "tempfile", types.SimpleNamespace(mkdtemp=mkdtemp))
     monkeypatch.setattr(sb, "_claim_uid", claim_uid)
     return rec
 
