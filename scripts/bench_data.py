@@ -21,25 +21,15 @@ from jaxchat.corpus import document_blocks, iter_documents
 from jaxchat.tokenizer import Tokenizer, train_tokenizer
 
 
-def cpu_model() -> str:
-    with contextlib.suppress(OSError, StopIteration), open("/proc/cpuinfo") as f:
-        return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    return platform.processor() or "unknown"
-
-
 def main(argv=None) -> dict:
     cfg = C.load(["tokenizer"], argv, extra={"tokenizer": "", "seconds": 10.0, "rows": 32, "seq_len": 2048,
                                              "packing": "concat", "sample_blocks": 64})
-    t, x = cfg.tokenizer, cfg.extra
-    t0 = time.perf_counter()  # default: the preset's tokenizer, trained in memory (tiny: seconds)
-    if x.tokenizer:
-        tok = Tokenizer.load(x.tokenizer)
-    else:
-        tok = train_tokenizer(iter_documents(t.source, "train", max_chars=t.max_chars, doc_cap=t.doc_cap),
-                              t.vocab_size, max_chars=t.max_chars, doc_cap=t.doc_cap, digit_group=t.digit_group)
+    t, x, t0 = cfg.tokenizer, cfg.extra, time.perf_counter()
+    tok = Tokenizer.load(x.tokenizer) if x.tokenizer else train_tokenizer(  # the preset's, trained here (tiny: seconds)
+        iter_documents(t.source, "train", max_chars=t.max_chars, doc_cap=t.doc_cap), t.vocab_size,
+        max_chars=t.max_chars, doc_cap=t.doc_cap, digit_group=t.digit_group)
     tok_s, t0 = time.perf_counter() - t0, time.perf_counter()
-    it = data.pretrain_batches(t.source, "train", tok, rows=x.rows, seq_len=x.seq_len, packing=x.packing)
-    next(it)
+    next(it := data.pretrain_batches(t.source, "train", tok, rows=x.rows, seq_len=x.seq_len, packing=x.packing))
     first_s, n, t0, cpu0 = time.perf_counter() - t0, 0, time.perf_counter(), time.process_time()
     while (dt := time.perf_counter() - t0) < x.seconds or n < 2:
         next(it)
@@ -50,15 +40,17 @@ def main(argv=None) -> dict:
             for d in blocks[int(i)]]
     chars_per_token = sum(map(len, docs)) / sum(map(len, data.make_tokenize(tok)(docs)))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    out = {"bench": "data", "cpu": cpu_model(), "cores": cores, "threads": data.host_threads(),
+    cpu = platform.processor() or "unknown"
+    with contextlib.suppress(OSError, StopIteration), open("/proc/cpuinfo") as f:
+        cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    out = {"bench": "data", "cpu": cpu, "cores": cores, "threads": data.host_threads(),
            "encode_threads": data.encode_threads(), "grain_threads": data.grain_threads(),
            "load_avg_1m": round(os.getloadavg()[0], 2), "source": t.source, "vocab_size": tok.vocab_size,
            "packing": x.packing, "rows": x.rows, "seq_len": x.seq_len, "batches": n, "seconds": round(dt, 2),
-           "first_batch_s": round(first_s, 2), "tokenizer_s": round(tok_s, 2),
-           "chars_per_token": round(chars_per_token, 3), "tokens_per_s": round(tokens / dt),
-           "chars_per_s": round(tokens * chars_per_token / dt), "tokens_per_s_per_core": round(tokens / dt / cores),
-           "chars_per_s_per_core": round(tokens * chars_per_token / dt / cores), "cpu_s": round(cpu_s, 2),
-           "tokens_per_cpu_s": round(tokens / cpu_s), "chars_per_cpu_s": round(tokens * chars_per_token / cpu_s)}
+           "first_batch_s": round(first_s, 2), "tokenizer_s": round(tok_s, 2), "cpu_s": round(cpu_s, 2),
+           "chars_per_token": round(chars_per_token, 3), **{  # tokens and chars per second, per core, per CPU second
+               f"{k}_per_{per}": round(v / d) for per, d in (("s", dt), ("s_per_core", dt * cores), ("cpu_s", cpu_s))
+               for k, v in (("tokens", tokens), ("chars", tokens * chars_per_token))}}
     print(f"loader: {tokens / dt / 1e6:.3f}M tokens/s, {out['chars_per_s'] / 1e6:.2f}M chars/s per process, "
           f"{out['chars_per_cpu_s'] / 1e6:.2f}M chars per CPU second ({cores} cores, {out['threads']} threads, "
           f"{out['cpu']}, load {out['load_avg_1m']})", file=sys.stderr)

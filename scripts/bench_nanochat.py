@@ -5,13 +5,13 @@ comparison can be rerun. Needs a nanochat checkout (V1: commit 10231df) and PyTo
     python -m scripts.bench_nanochat --nanochat_dir=/tmp/nanochat     # decode (paired), then train; --what=decode
 
 decode: nanochat's `Engine.generate(prompt, num_samples=B, max_tokens=256, temperature=1, top_k=50)` on a random
-depth-4 model, as `scripts.bench_decode` in its `samples` mode; unless --paired=0 jaxchat's engine takes turns with
-it (the order flips every round) and the median per-round ratio is what counts (this machine drifts by ±30% within
-minutes). train: forward, backward, AdamW + Muon on 8 x 512, eager and torch.compile. The last line is JSON.
+depth-4 model, as `scripts.bench_decode` in its `samples` mode, --reps rounds; unless --paired=0 jaxchat's engine
+takes turns with it (the order flips every round) and the median per-round ratio is what counts (this machine drifts
+by ±30% within minutes). train: forward, backward, AdamW + Muon on --batch x --seq_len (8 x 512), eager and
+torch.compile, --train_steps timed. --threads: torch's threads (0: its default). The last line is JSON.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -22,6 +22,7 @@ import numpy as np
 
 from jaxchat import config as C
 from jaxchat import engine as E
+from jaxchat.common import cli
 from scripts.bench_decode import Tok, random_engine
 
 
@@ -32,10 +33,11 @@ def _import_nanochat(path):
     sys.path.insert(0, os.path.abspath(path))
     # engine.py imports checkpoint loading (and through it the HF tokenizer); a benchmark loads no checkpoint
     sys.modules.setdefault("nanochat.checkpoint_manager", types.SimpleNamespace(load_model=None))
+    import torch  # optional (the interop extra), and only once the checkout is known good
     from nanochat.engine import Engine  # from the checkout (on sys.path only now)
     from nanochat.gpt import GPT, GPTConfig
 
-    return GPT, GPTConfig, Engine
+    return torch, GPT, GPTConfig, Engine
 
 
 def _model(torch, GPT, GPTConfig, a):
@@ -78,14 +80,13 @@ def bench_decode(torch, GPT, GPTConfig, Engine, a):
         return n / (time.perf_counter() - t0)
 
     engines = {"nanochat": nanochat, "jaxchat": jaxchat} if a.paired else {"nanochat": nanochat}
-    for rep in engines.values():  # warm up (jaxchat: compile)
-        for B in batches:
-            rep(B, 0)
     runs = {name: {B: [] for B in batches} for name in engines}
-    for r in range(a.reps):
+    for r in range(-1, a.reps):  # round -1 warms up (jaxchat: compiles)
         for name in (list(engines) if r % 2 == 0 else list(engines)[::-1]):
             for B in batches:
-                runs[name][B].append(engines[name](B, r + 1))
+                tokens_per_s = engines[name](B, r + 1)
+                if r >= 0:
+                    runs[name][B].append(tokens_per_s)
     out = []
     for B in batches:
         res = {"batch": B, **{name: _quantiles(runs[name][B]) for name in engines}}
@@ -116,34 +117,18 @@ def bench_train(torch, GPT, GPTConfig, a):
             m.zero_grad(set_to_none=True)
             loss.item()  # waits for the step (CUDA runs asynchronously)
             times.append(time.perf_counter() - t0)
-        times = sorted(times[2:])
-        out[key] = a.batch * a.seq_len / times[len(times) // 2]
-        print(f"nanochat train ({key}): {out[key]:,.0f} tokens/s (median of {len(times)} steps)", file=sys.stderr)
+        out[key] = a.batch * a.seq_len / _quantiles(times[2:])["median"]
+        print(f"nanochat train ({key}): {out[key]:,.0f} tokens/s (median of {a.train_steps} steps)", file=sys.stderr)
     return out
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--nanochat_dir", required=True)
-    ap.add_argument("--what", default="decode,train")
-    ap.add_argument("--depth", type=int, default=4)
-    ap.add_argument("--vocab_size", type=int, default=8192)
-    ap.add_argument("--seq_len", type=int, default=512)
-    ap.add_argument("--prompt_len", type=int, default=64)
-    ap.add_argument("--new_tokens", type=int, default=256)
-    ap.add_argument("--batches", default="1,8")
-    ap.add_argument("--reps", type=int, default=12, help="decode rounds (each engine, each batch, once a round)")
-    ap.add_argument("--paired", type=int, default=1, help="1: time jaxchat's engine in the same rounds")
-    ap.add_argument("--batch", type=int, default=8, help="train batch (rows of seq_len)")
-    ap.add_argument("--train_steps", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    a = ap.parse_args(argv)
-    what = a.what.split(",")
-    if any(w not in ("decode", "train") for w in what):
-        ap.error(f"--what takes decode, train or both; got {a.what!r}")
-    GPT, GPTConfig, Engine = _import_nanochat(a.nanochat_dir)
-    import torch  # optional (the interop extra), and only once the checkout is known good
-
+    a = C.load([], argv, extra={"nanochat_dir": "", "what": "decode,train", "depth": 4, "vocab_size": 8192,
+                                "seq_len": 512, "prompt_len": 64, "new_tokens": 256, "batches": "1,8", "reps": 12,
+                                "paired": 1, "batch": 8, "train_steps": 5, "threads": 0}).extra
+    if not set(what := a.what.split(",")) <= {"decode", "train"}:
+        raise C.ConfigError(f"--what takes decode, train or both; got {a.what!r}")
+    torch, GPT, GPTConfig, Engine = _import_nanochat(a.nanochat_dir)
     if a.threads:
         torch.set_num_threads(a.threads)
     res = {"bench": "nanochat", "torch": torch.__version__, "threads": torch.get_num_threads(), "depth": a.depth,
@@ -157,4 +142,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

@@ -24,13 +24,11 @@ BUCKETS = (64, 128, 256, 512, 1024, 2048)
 
 
 def policy_gradient_batch(prompts, seqs, masks, advantages, pad_id: int, buckets=BUCKETS) -> dict:
-    """Rows = prompt + completion. Targets are the completion tokens the policy SAMPLED (mask 1); prompt,
-    forced (tool output) and padding positions get target −1. Weights carry each row's advantage, so the
-    train step's loss Σ w·nll / #targets is nanochat's −Σ logp·A / #sampled-tokens."""
+    """Rows = prompt + completion; targets: the tokens the policy SAMPLED (mask 1), −1 at prompt, forced (tool
+    output) and padding positions; weights: the row's advantage (the train step's Σ w·nll / #targets is the loss)."""
     rows = [list(p) + list(s) for p, s in zip(prompts, seqs)]
     T = bucket(min(max(len(r) for r in rows) - 1, buckets[-1]), buckets)  # longer rows are cut
-    inputs = np.full((len(rows), T), pad_id, np.int32)
-    targets = np.full((len(rows), T), -1, np.int32)
+    inputs, targets = (np.full((len(rows), T), fill, np.int32) for fill in (pad_id, -1))
     weights = np.zeros((len(rows), T), np.float32)
     for i, (p, m) in enumerate(zip(prompts, masks)):
         row = rows[i][: T + 1]
@@ -50,15 +48,6 @@ def group_advantages(rewards: np.ndarray, num_samples: int, normalize_std: bool)
     return a.reshape(-1)
 
 
-def pass_at_k(engine, task, tok, n_problems: int, k: int, max_new: int, temperature: float, top_k: int, seed: int):
-    """pass@1..k on the first n_problems of a held-out task (any of the first j samples correct)."""
-    convs = [task[i] for i in range(min(n_problems, len(task)))]
-    seqs, _ = engine.generate_batch([tok.render_for_completion(c) for c in convs], num_samples=k, max_tokens=max_new,
-                                    temperature=temperature, top_k=top_k, seed=seed)
-    correct = np.asarray([task.reward(convs[i // k], tok.decode(s)) > 0 for i, s in enumerate(seqs)]).reshape(-1, k)
-    return {f"pass@{j}": float(correct[:, :j].any(axis=1).mean()) for j in range(1, k + 1)}
-
-
 def main(argv=None):
     cfg = C.load(["mesh", "rl"], argv, extra={"source_step": -1})
     ctx = stage.init(cfg.mesh, training=True)
@@ -71,8 +60,7 @@ def main(argv=None):
                  task=f"{type(train_task).__name__} ({len(train_task):,} train / {len(test_task):,} held out)",
                  rollouts=f"{E} questions x {N} samples, <= {tc.max_new_tokens} new tokens, T={tc.temperature}",
                  steps=n_iter)
-    order = np.random.default_rng(tc.seed).permutation(len(train_task))
-    pad = tok.encode_special("<|assistant_end|>")
+    order, pad = np.random.default_rng(tc.seed).permutation(len(train_task)), tok.encode_special("<|assistant_end|>")
 
     def rollouts(step, state):  # the batch: this step's questions, sampled from the current policy
         t0 = time.perf_counter()
@@ -81,19 +69,22 @@ def main(argv=None):
         seqs, masks = Engine(state["params"], mc, tok, mesh=ctx.mesh).generate_batch(
             prompts, num_samples=N, max_tokens=tc.max_new_tokens, temperature=tc.temperature, top_k=tc.top_k,
             seed=tc.seed * 100_003 + step, keep_terminal=True)
-        dt = time.perf_counter() - t0
+        dt, n_tok = time.perf_counter() - t0, sum(len(s) for s in seqs)
         texts = [tok.decode([t for t in s if t != pad]) for s in seqs]
         rewards = np.asarray([train_task.reward(convs[i // N], t) for i, t in enumerate(texts)], np.float32)
         adv = group_advantages(rewards, N, tc.normalize_std)
         batch = policy_gradient_batch([p for p in prompts for _ in range(N)], seqs, masks, adv, pad)
-        n_tok = sum(len(s) for s in seqs)
         return {**batch, "info": {"reward": float(rewards.mean()), "seq_len": n_tok / len(seqs), "rollout_s": dt,
                                   "rollout_tok_per_sec": n_tok / dt,
                                   "ended": float(np.mean([bool(s) and s[-1] == pad for s in seqs]))}}
 
-    def evaluate_fn(state, step):
-        return pass_at_k(Engine(state["params"], mc, tok, mesh=ctx.mesh), test_task, tok, tc.eval_examples, min(8, N),
-                         tc.max_new_tokens, 1.0, tc.top_k, seed=0)
+    def evaluate_fn(state, step):  # pass@1..k on held-out problems: any of the first j samples right
+        convs, k = [test_task[i] for i in range(min(tc.eval_examples, len(test_task)))], min(8, N)
+        seqs, _ = Engine(state["params"], mc, tok, mesh=ctx.mesh).generate_batch(
+            [tok.render_for_completion(c) for c in convs], num_samples=k, max_tokens=tc.max_new_tokens,
+            temperature=1.0, top_k=tc.top_k, seed=0)
+        right = np.asarray([test_task.reward(convs[i // k], tok.decode(s)) > 0 for i, s in enumerate(seqs)])
+        return {f"pass@{j}": float(right.reshape(-1, k)[:, :j].any(axis=1).mean()) for j in range(1, k + 1)}
 
     ck, log = Checkpoints(stage.out_dir("rl", tag), keep=tc.keep_checkpoints), stage.logger("rl", tag)
     state, summary = train.run(train.create_train_state(mc, tc, ctx.mesh, n_iter, params=params), rollouts,

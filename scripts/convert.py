@@ -2,15 +2,12 @@
 
     # a nanochat checkpoint folder (latest step unless --step) → a jaxchat checkpoint, + nanochat's tokenizer
     python -m scripts.convert from-nanochat ~/.cache/nanochat/chatsft_checkpoints/d20 --stage=sft --model_tag=d20 \\
-        --tokenizer ~/.cache/nanochat/tokenizer
-    JAXCHAT_BASE_DIR=... python -m scripts.chat_cli --source=sft --model_tag=d20
-    # a jaxchat checkpoint → nanochat's layout (model_XXXXXX.pt + meta_XXXXXX.json)
+        --tokenizer ~/.cache/nanochat/tokenizer     # then: python -m scripts.chat_cli --source=sft --model_tag=d20
+    # a jaxchat checkpoint → nanochat's layout (model_XXXXXX.pt + meta_XXXXXX.json), or → one .safetensors file
     python -m scripts.convert to-nanochat --source=sft --model_tag=d4 --out /tmp/nanochat/chatsft_checkpoints/d4
-    # a jaxchat checkpoint → one .safetensors file (tokenizer embedded) → run it with NumPy alone
-    python -m scripts.convert to-safetensors --source=sft --out d4.safetensors
-    python scripts/run_numpy.py d4.safetensors -p "hi" --max_tokens 64 --temperature 0
-    # a .safetensors file (also written by from-nanochat --safetensors) → a jaxchat checkpoint
-    python -m scripts.convert from-safetensors d4.safetensors --stage=sft --model_tag=d4copy
+    python -m scripts.convert to-safetensors --source=sft --out d4.safetensors       # tokenizer embedded
+    python scripts/run_numpy.py d4.safetensors -p "hi" --max_tokens 64 --temperature 0   # NumPy alone
+    python -m scripts.convert from-safetensors d4.safetensors --stage=sft --model_tag=d4copy   # and back
 
 Checkpoints go to $JAXCHAT_BASE_DIR/<stage>_checkpoints/<model_tag>/<step>. A nanochat model needs nanochat's
 tokenizer: --tokenizer copies it to $JAXCHAT_BASE_DIR/tokenizer/ (use a separate JAXCHAT_BASE_DIR for them).
@@ -24,8 +21,7 @@ from pathlib import Path
 from jaxchat import interop
 
 
-def _tokenizer(directory=None, vocab_size=None):
-    """The installed tokenizer to embed in a .safetensors file, or None (with a warning)."""
+def _tokenizer_to_embed(directory=None, vocab_size=None):
     try:
         tok = interop.load_any_tokenizer(directory)
     except FileNotFoundError as e:
@@ -39,25 +35,31 @@ def _tokenizer(directory=None, vocab_size=None):
 def _from_nanochat(a):
     params, cfg, meta = interop.load_nanochat(a.path, a.step)
     src, step = interop.find_nanochat_dir(a.path), int(meta["step"])
-    tag = a.model_tag or src.name
     print(f"nanochat {src} step {step}: depth {cfg.depth}, width {cfg.n_embd}, heads {cfg.n_head}/{cfg.kv_heads} "
           f"(head_dim {cfg.head_dim}), vocab {cfg.vocab_size}, seq {cfg.max_seq_len}")
     if a.tokenizer:
         pkl = Path(a.tokenizer) / interop.NANOCHAT_TOKENIZER_FILENAME if Path(a.tokenizer).is_dir() else a.tokenizer
         interop.NanochatTokenizer.from_file(pkl)  # fail before writing anything
+    tag = a.model_tag or src.name
     out = interop.save_jaxchat(params, cfg, a.stage, tag, step, overwrite=a.force,
                                meta={"converted_from": {"format": "nanochat", "path": str(src), "step": step},
                                      "tokenizer": "nanochat" if a.tokenizer else None,
                                      "nanochat_meta": {k: v for k, v in meta.items() if k != "model_config"}})
     print(f"saved jaxchat checkpoint {out}/{step}  (load with --source={a.stage} --model_tag={tag})")
-    guess = src.parent.parent / "tokenizer" / interop.NANOCHAT_TOKENIZER_FILENAME
     if a.tokenizer:
         print(f"nanochat tokenizer installed in {interop.install_nanochat_tokenizer(pkl, force=a.force)}")
-    elif guess.is_file():
+    elif (guess := src.parent.parent / "tokenizer" / interop.NANOCHAT_TOKENIZER_FILENAME).is_file():
         print(f"note: this model's tokenizer is probably {guess}; pass --tokenizer {guess.parent} to install it")
     if a.safetensors:
-        tok = _tokenizer(vocab_size=cfg.vocab_size)
+        tok = _tokenizer_to_embed(vocab_size=cfg.vocab_size)
         print(f"wrote {interop.export_safetensors(params, cfg, a.safetensors, tokenizer=tok)}")
+
+
+def _from_safetensors(a):
+    (params, cfg), tag = interop.import_safetensors(a.path), a.model_tag or Path(a.path).stem
+    out = interop.save_jaxchat(params, cfg, a.stage, tag, a.step, overwrite=a.force,
+                               meta={"converted_from": {"format": "safetensors", "path": str(a.path)}})
+    print(f"saved jaxchat checkpoint {out}/{a.step}  (load with --source={a.stage} --model_tag={tag})")
 
 
 def _export(a):  # to-nanochat, to-safetensors
@@ -66,21 +68,12 @@ def _export(a):  # to-nanochat, to-safetensors
         step = int(meta.get("step", a.step or 0))
         print("wrote {} and {}".format(*interop.save_nanochat(params, cfg, a.out, step, pad_vocab_to=a.pad_vocab_to)))
     else:
-        tok = None if a.no_tokenizer else _tokenizer(a.tokenizer)
+        tok = None if a.no_tokenizer else _tokenizer_to_embed(a.tokenizer)
         print(f"wrote {interop.export_safetensors(params, cfg, a.out, tokenizer=tok)}")
 
 
-def _from_safetensors(a):
-    params, cfg = interop.import_safetensors(a.path)
-    tag = a.model_tag or Path(a.path).stem
-    out = interop.save_jaxchat(params, cfg, a.stage, tag, a.step, overwrite=a.force,
-                               meta={"converted_from": {"format": "safetensors", "path": str(a.path)}})
-    print(f"saved jaxchat checkpoint {out}/{a.step}  (load with --source={a.stage} --model_tag={tag})")
-
-
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub, stages = ap.add_subparsers(dest="cmd", required=True), ["base", "mid", "sft", "rl"]
     p = sub.add_parser("from-nanochat", help="nanochat checkpoint folder → jaxchat checkpoint")
     p.add_argument("path", help="folder with model_XXXXXX.pt/meta_XXXXXX.json (or a stage folder of tags)")
@@ -88,27 +81,23 @@ def main(argv=None) -> int:
     p.add_argument("--safetensors", default="", help="also write this .safetensors file")
     q = sub.add_parser("from-safetensors", help=".safetensors → jaxchat checkpoint")
     q.add_argument("path")
-    for sp, fn in ((p, _from_nanochat), (q, _from_safetensors)):
+    for sp in (p, q):
         sp.add_argument("--stage", choices=stages, default="sft")
         sp.add_argument("--force", action="store_true", help="overwrite an existing tag / tokenizer")
-        sp.set_defaults(fn=fn)
-    for name, helptext in (("to-nanochat", "jaxchat checkpoint → nanochat layout"),
-                           ("to-safetensors", "jaxchat checkpoint → .safetensors")):
-        e = sub.add_parser(name, help=helptext)
-        e.add_argument("--source", choices=stages, default="sft")
-        e.add_argument("--out", required=True)
-        if name == "to-nanochat":
-            e.add_argument("--pad_vocab_to", type=int, default=64, help="1 for pre-Dec-2025 nanochat (no padding)")
-        else:
-            e.add_argument("--tokenizer", default=None, help="tokenizer folder (default: $JAXCHAT_BASE_DIR/tokenizer)")
-            e.add_argument("--no_tokenizer", action="store_true")
-        e.set_defaults(fn=_export)
+    n = sub.add_parser("to-nanochat", help="jaxchat checkpoint → nanochat layout")
+    n.add_argument("--pad_vocab_to", type=int, default=64, help="1 for pre-Dec-2025 nanochat (no padding)")
+    e = sub.add_parser("to-safetensors", help="jaxchat checkpoint → .safetensors")
+    e.add_argument("--tokenizer", default=None, help="tokenizer folder (default: $JAXCHAT_BASE_DIR/tokenizer)")
+    e.add_argument("--no_tokenizer", action="store_true")
+    for sp in (n, e):
+        sp.add_argument("--source", choices=stages, default="sft")
+        sp.add_argument("--out", required=True)
     for sp in sub.choices.values():  # from-*: the source's name and step (0 for safetensors); to-*: the latest
         sp.add_argument("--model_tag", default="")
         sp.add_argument("--step", type=int, default=0 if sp is q else None)
     a = ap.parse_args(argv)
     try:
-        a.fn(a)
+        {"from-nanochat": _from_nanochat, "from-safetensors": _from_safetensors}.get(a.cmd, _export)(a)
         return 0
     except (interop.InteropError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

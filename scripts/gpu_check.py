@@ -22,8 +22,6 @@ from jaxchat.stage import GPU_MEM_FRACTION
 from scripts import bench_data, bench_decode, bench_train, perf_model
 
 CHECKS = "devices,attention,cudnn_attention,train_step,decode,memory,loader"
-REINSTALL = ("reinstall JAX's CUDA wheels to match the driver: `bash run_all.sh setup` (the preset's), or "
-             "pip install -e '.[gpu]' (CUDA 12) / '.[gpu13]' (CUDA 13, driver >= 580)")
 ENV = ("JAX_PLATFORMS", "XLA_PYTHON_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_PREALLOCATE")  # reported by `devices`
 SMALL = ["--depth=2", "--max_seq_len=64", "--vocab_size=512"]  # the CPU smoke runs' model
 TOL = 2e-2  # bf16: max |x - reference| / max |reference|, reference = float32 XLA attention
@@ -37,8 +35,9 @@ def backend_verdict(platform: str, nvidia_smi: str | None, jax_platforms: str = 
         return "pass", f"JAX_PLATFORMS={jax_platforms} keeps JAX off the GPU nvidia-smi sees; unset it to check it"
     if nvidia_smi.startswith("error"):
         return "fail", f"nvidia-smi fails ({nvidia_smi[6:200]}): the NVIDIA driver does not work on this node"
-    driver = nvidia_smi.split(",")[0].strip()
-    return "fail", f"nvidia-smi sees a GPU (driver {driver}) but JAX fell back to {platform}: " + REINSTALL
+    return "fail", (f"nvidia-smi sees a GPU (driver {nvidia_smi.split(',')[0].strip()}) but JAX fell back to "
+                    f"{platform}: reinstall JAX's CUDA wheels to match the driver: `bash run_all.sh setup` (the "
+                    "preset's), or pip install -e '.[gpu]' (CUDA 12) / '.[gpu13]' (CUDA 13, driver >= 580)")
 
 
 def check_devices(x):
@@ -59,8 +58,8 @@ def check_devices(x):
 
 
 def check_attention(x, impl: str = "xla"):
-    """`impl` attention (jax's and jaxchat's) in bf16 against float32 XLA attention, forward and gradients at the
-    last 64 positions: GQA 8:2 heads, head_dim 128, T=512, causal; for XLA also jaxchat's cached attention."""
+    """`impl` attention (jax's, jaxchat's; for XLA also jaxchat's cached one) in bf16 against float32 XLA attention:
+    forward and gradients at the last n positions, GQA, causal."""
     backend = jax.default_backend()
     if impl == "cudnn" and (backend != "gpu" or "rocm" in jax.devices()[0].client.platform_version.lower()):
         return "skip", f"cuDNN attention needs an NVIDIA GPU (backend: {backend})", {}
@@ -115,9 +114,8 @@ def check_train_step(x):
     else:
         r = bench_train.main(SMALL + ["--device_batch_size=1", "--steps=2", "--warmup=1"])
         pred, label = "skipped: no GPU", "cpu smoke (not a GPU figure)"
-    figs = {**r, "label": label, "predicted": pred}
-    if isinstance(pred, dict):
-        figs["measured_over_predicted"] = r["tokens_per_s"] / pred["tokens_per_s"]
+    figs = {**r, "label": label, "predicted": pred,
+            **({"measured_over_predicted": r["tokens_per_s"] / pred["tokens_per_s"]} if isinstance(pred, dict) else {})}
     line = f"{label}: {r['tokens_per_s']:,.0f} tokens/s" + (f", MFU {r['mfu']:.1%}" if r.get("mfu") else "") + \
         (f", model predicts {pred['tokens_per_s']:,.0f}" if isinstance(pred, dict) else f"; prediction {pred}")
     return ("pass" if jnp.isfinite(r["loss"]) else "fail"), line + f", loss {r['loss']:.3f}", figs
@@ -133,9 +131,8 @@ def check_decode(x):
 
 
 def check_memory(x):
-    if jax.default_backend() != "gpu":
+    if not (s := jax.devices()[0].memory_stats()):  # None on a CPU
         return "skip", f"device memory stats are GPU-only (backend: {jax.default_backend()})", {}
-    s = jax.devices()[0].memory_stats()
     f = {k: s[k] for k in ("peak_bytes_in_use", "bytes_in_use", "bytes_limit")}
     return "pass", f"peak {f['peak_bytes_in_use'] / 2**30:.1f} GiB of {f['bytes_limit'] / 2**30:.1f} GiB", f
 

@@ -6,8 +6,7 @@
 
 The file comes from ``python -m scripts.convert to-safetensors``. The model (nanochat V1): x = norm(wte[ids]); per
 layer x += Wo·attn(rope→norm(q), rope→norm(k), v), x += W_proj·relu(W_fc·norm(x))²; logits = 15·tanh(norm(x)·lm_head
-/ 15), norm = parameter-free RMSNorm; a KV cache. Text needs the embedded tokenizer's package (sentencepiece, or
-tiktoken for a nanochat model); --ids needs neither. Chat mode stops at <|assistant_end|> or <|bos|>.
+/ 15), norm = parameter-free RMSNorm; a KV cache. Text needs sentencepiece (a nanochat model: tiktoken); --ids neither.
 """
 from __future__ import annotations
 
@@ -45,8 +44,7 @@ class NumpyGPT:
                         for k in ("wq", "wk", "wv", "wo", "w_fc", "w_proj")} for i in range(shape["n_layer"])]
         self.eps = np.float32(shape.get("rms_eps", np.finfo(np.float32).eps))
         dh = shape["head_dim"]
-        self.inv_freq = (1.0 / (np.float32(shape["rope_theta"]) ** (np.arange(0, dh, 2, dtype=np.float32) / dh))
-                         ).astype(np.float32)
+        self.inv_freq = 1.0 / np.float32(shape["rope_theta"]) ** (np.arange(0, dh, 2, dtype=np.float32) / dh)
 
     def norm(self, x):
         return x * (np.float32(1.0) / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + self.eps))
@@ -65,8 +63,7 @@ class NumpyGPT:
     def forward(self, ids) -> np.ndarray:
         """Feed tokens at the next cache positions; returns the logits of the last one ([V] float32)."""
         H, K, Dh = self.s["n_head"], self.s["n_kv_head"], self.s["head_dim"]
-        T, p0 = len(ids), self.pos
-        S = p0 + T
+        T, p0, S = len(ids), self.pos, self.pos + len(ids)
         pos = np.arange(p0, S)
         visible_TxS = np.arange(S)[None, :] <= pos[:, None]
         x = self.norm(self.wte[np.asarray(ids, np.int64)])
@@ -100,47 +97,42 @@ def sample(logits: np.ndarray, rng: np.random.Generator, temperature: float, top
 
 
 def generate(model: NumpyGPT, prompt: list[int], *, max_tokens: int, temperature: float = 0.0, top_k: int = 0,
-             seed: int = 42, stop: tuple[int, ...] = (), stream=lambda t: None) -> list[int]:
-    """Sample up to max_tokens after `prompt`; a stop token ends generation and is not returned."""
+             seed: int = 42, stop: tuple[int, ...] = ()):
+    """Yield up to max_tokens sampled after `prompt`; a stop token ends generation and is not yielded."""
     rng = np.random.default_rng(seed)
     model.reset(len(prompt) + max_tokens)
-    logits, out = model.forward(prompt), []
-    while len(out) < max_tokens and (t := sample(logits, rng, temperature, top_k)) not in stop:
-        out.append(t)
-        stream(t)
-        if len(out) < max_tokens:
+    logits = model.forward(prompt)
+    for i in range(max_tokens):
+        if (t := sample(logits, rng, temperature, top_k)) in stop:
+            return
+        yield t
+        if i + 1 < max_tokens:
             logits = model.forward([t])
-    return out
 
 
-class SentencePieceText:
-    """jaxchat's sentencepiece conventions: ids decode to their exact bytes; a literal ▁ is spelled in bytes."""
+def text_tokenizer(meta: dict, path: str | None) -> SimpleNamespace:
+    """tiktoken, or sentencepiece as jaxchat uses it (ids decode to their exact bytes; a literal ▁ is in bytes)."""
+    kind = "sentencepiece" if path else meta.get("tokenizer_kind")
+    if kind == "tiktoken":
+        import tiktoken  # optional: only for a nanochat model's text in and out
 
-    def __init__(self, proto: bytes):
-        import sentencepiece as spm  # optional: only for text in and out
+        d = json.loads(meta["tokenizer"])
+        enc = tiktoken.Encoding(d["name"], pat_str=d["pat_str"], special_tokens=d["special_tokens"],
+                                mergeable_ranks={base64.b64decode(b): int(r) for b, r in d["mergeable_ranks"]})
+        return SimpleNamespace(encode=enc.encode_ordinary, decode=lambda ids: enc.decode(list(ids)))
+    if kind != "sentencepiece":
+        sys.exit("no tokenizer embedded in the file: pass --tokenizer path/to/tokenizer.model, or use --ids")
+    import sentencepiece as spm  # optional: only for text in and out
 
-        self.sp = spm.SentencePieceProcessor(model_proto=proto)
-        pieces = [self.sp.id_to_piece(i) for i in range(self.sp.get_piece_size())]
-        self.table = [bytes([int(p[3:5], 16)]) if self.sp.is_byte(i) else
-                      (p if self.sp.is_control(i) or self.sp.is_unknown(i) else p.replace("\u2581", " ")).encode()
-                      for i, p in enumerate(pieces)]
-        self.marker = [self.sp.piece_to_id(f"<0x{b:02X}>") for b in "\u2581".encode("utf-8")]
-
-    def encode(self, text: str) -> list[int]:
-        first, *rest = text.split("\u2581")
-        return list(self.sp.encode(first)) + [i for part in rest for i in self.marker + list(self.sp.encode(part))]
-
-    def decode(self, ids) -> str:
-        return b"".join(self.table[i] for i in ids).decode("utf-8", errors="replace")
-
-
-def tiktoken_text(blob: str) -> SimpleNamespace:
-    import tiktoken  # optional: only for a nanochat model's text in and out
-
-    d = json.loads(blob)
-    enc = tiktoken.Encoding(d["name"], pat_str=d["pat_str"], special_tokens=d["special_tokens"],
-                            mergeable_ranks={base64.b64decode(b): int(r) for b, r in d["mergeable_ranks"]})
-    return SimpleNamespace(encode=enc.encode_ordinary, decode=lambda ids: enc.decode(list(ids)))
+    proto = Path(path).read_bytes() if path else base64.b64decode(meta["tokenizer"])
+    sp = spm.SentencePieceProcessor(model_proto=proto)
+    table = [bytes([int(p[3:5], 16)]) if sp.is_byte(i) else
+             (p if sp.is_control(i) or sp.is_unknown(i) else p.replace("\u2581", " ")).encode()
+             for i, p in enumerate(map(sp.id_to_piece, range(sp.get_piece_size())))]
+    marker = [sp.piece_to_id(f"<0x{b:02X}>") for b in "\u2581".encode("utf-8")]
+    return SimpleNamespace(encode=lambda text: [i for j, part in enumerate(text.split("\u2581"))
+                                                for i in (marker if j else []) + list(sp.encode(part))],
+                           decode=lambda ids: b"".join(table[i] for i in ids).decode("utf-8", errors="replace"))
 
 
 def main(argv=None) -> int:
@@ -165,32 +157,20 @@ def main(argv=None) -> int:
     gen = dict(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k, seed=args.seed, stop=stop)
     if args.ids:
         prompt = [int(t) for t in args.ids.replace(" ", "").split(",") if t]
-        print(",".join(str(t) for t in generate(model, prompt, **gen)))
+        print(",".join(map(str, generate(model, prompt, **gen))))
         return 0
-    kind = "sentencepiece" if args.tokenizer else meta.get("tokenizer_kind")
-    if kind == "sentencepiece":
-        proto = Path(args.tokenizer).read_bytes() if args.tokenizer else base64.b64decode(meta["tokenizer"])
-        tok = SentencePieceText(proto)
-    elif kind == "tiktoken":
-        tok = tiktoken_text(meta["tokenizer"])
-    else:
-        sys.exit("no tokenizer embedded in the file: pass --tokenizer path/to/tokenizer.model, or use --ids")
+    tok = text_tokenizer(meta, args.tokenizer)
     if not special:
         sys.exit("the file records no special-token ids; use --ids")
-    head = [special["<|bos|>"]] + ([] if args.raw else [special["<|user_start|>"]])
-    tail = [] if args.raw else [special["<|user_end|>"], special["<|assistant_start|>"]]
-    prompt = head + tok.encode(args.prompt) + tail
-    pending: list[int] = []
-
-    def stream(t):  # print as soon as the bytes form whole characters
+    head, tail = ([], []) if args.raw else (["<|user_start|>"], ["<|user_end|>", "<|assistant_start|>"])
+    prompt = [special[s] for s in ["<|bos|>", *head]] + tok.encode(args.prompt) + [special[s] for s in tail]
+    pending = []
+    for t in generate(model, prompt, **gen):  # printed as soon as the bytes form whole characters
         pending.append(t)
-        text = tok.decode(pending)
-        if not text.endswith("\ufffd"):
+        if not (text := tok.decode(pending)).endswith("\ufffd"):
             print(text, end="", flush=True)
             pending.clear()
-
-    generate(model, prompt, stream=stream, **gen)
-    print(tok.decode(pending) if pending else "")
+    print(tok.decode(pending))
     return 0
 
 

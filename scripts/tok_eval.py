@@ -1,11 +1,6 @@
-"""Tokenizer compression report: bytes per token on several kinds of text (nanochat's tok_eval).
-
+"""Tokenizer compression report (nanochat's tok_eval): bytes per token on several kinds of text (those available),
+against GPT-2's and GPT-4's when tiktoken and its files are; writes base_dir()/tokenizer/tok_eval.json.
     python -m scripts.tok_eval [--tokenizer=DIR_OR_FILE] [--source=embedded] [--out=FILE]
-
-Kinds: prose (chitchat; Python docs when Debian's python3-doc is installed), code (stdlib files), chat (a rendered
-conversation with a tool call; specials count as tokens, 0 bytes), numbers, multilingual, and the first ~1M chars
-of the corpus' train and val splits (prose and code are in-sample; `val` is held out). GPT-2 and GPT-4 are
-compared when `tiktoken` and its files are available. Writes base_dir()/tokenizer/tok_eval.json.
 """
 from __future__ import annotations
 
@@ -13,7 +8,6 @@ import argparse
 import glob
 import itertools
 import json
-import os
 import random
 import sysconfig
 import time
@@ -45,47 +39,28 @@ MULTILINGUAL = ("Der schnelle braune Fuchs springt über den faulen Hund. Übera
                 "今日はいい天気ですね。東京へ行きましょう。\n" "我们今天去公园散步吧。\n" "Emoji: 🙂 👍 🎉 👩‍💻 🇫🇷\n")
 
 
-def _prose_chitchat(max_chars: int = 20_000) -> str | None:
-    try:
-        import chitchat_dataset  # a data package (requirements-data.txt): optional here
-    except ImportError:
-        return None
-    data, out, n = chitchat_dataset.Dataset(), [], 0
-    for key in sorted(data)[-200:]:  # a fixed slice
-        lines = [" ".join(u["text"] for u in turn) for turn in data[key]["messages"]]
-        out, n = out + lines + [""], n + sum(len(x) + 1 for x in lines)
-        if n >= max_chars:
+def _prose_chitchat() -> str:
+    import chitchat_dataset  # a data package (requirements-data.txt): optional here
+
+    data, convs = chitchat_dataset.Dataset(), []
+    for key in sorted(data)[-200:]:  # a fixed slice: whole conversations until ~20k chars
+        convs.append([" ".join(u["text"] for u in turn) for turn in data[key]["messages"]])
+        if sum(len(line) + 1 for c in convs for line in c) >= 20_000:
             break
-    return "\n".join(out)
+    return "\n".join(line for c in convs for line in c + [""])
 
 
-def _prose_pydocs(max_chars: int = 20_000) -> str | None:
-    files = sorted(glob.glob("/usr/share/doc/python3*/html/_sources/tutorial/*.txt"))
-    return "".join(open(f, encoding="utf-8", errors="replace").read() for f in files[:3])[:max_chars] or None
-
-
-def _code() -> str:
-    paths = [os.path.join(sysconfig.get_paths()["stdlib"], rel) for rel in CODE_FILES]
-    return "\n".join(open(p, encoding="utf-8").read() for p in paths if os.path.exists(p))
+def _prose_pydocs() -> str:
+    files = sorted(glob.glob("/usr/share/doc/python3*/html/_sources/tutorial/*.txt"))[:3]
+    return "".join(Path(f).read_text(encoding="utf-8", errors="replace") for f in files)[:20_000]
 
 
 def _numbers(seed: int = 0) -> str:
-    rng, lines = random.Random(seed), []
-    for _ in range(100):
-        a, b, op = rng.randint(1, 99_999), rng.randint(1, 9_999), rng.choice("+-*")
-        lines.append(f"{a} {op} {b} = {eval(f'{a}{op}{b}')}")
-    lines.append("pi = 3.14159265358979323846264338327950288419716939937510")
-    lines.append("Population in 2023: 8,045,311,447; GDP $105,435,540,000,000; year 1969, 2001, 2024.")
-    return "\n".join(lines) + "\n"
-
-
-def _corpus_sample(source: str, split: str, max_chars: int = 1_000_000) -> str | None:
-    from jaxchat.corpus import iter_documents  # looked up when called: tests stand in a small corpus module
-
-    try:
-        return "\n".join(iter_documents(source, split, max_chars=max_chars)) or None
-    except Exception as e:  # a split that does not exist for this source, no data, ...
-        print(f"(corpus {source}/{split} unavailable: {type(e).__name__}: {e})")  # and no text: the row is skipped
+    rng = random.Random(seed)
+    sums = [(rng.randint(1, 99_999), rng.randint(1, 9_999), rng.choice("+-*")) for _ in range(100)]
+    return "\n".join([f"{a} {op} {b} = {eval(f'{a}{op}{b}')}" for a, b, op in sums] + [
+        "pi = 3.14159265358979323846264338327950288419716939937510",
+        "Population in 2023: 8,045,311,447; GDP $105,435,540,000,000; year 1969, 2001, 2024."]) + "\n"
 
 
 def main(argv=None) -> dict:
@@ -94,49 +69,49 @@ def main(argv=None) -> dict:
     p.add_argument("--source", type=str, default="embedded", help="corpus source for the train/val rows")
     p.add_argument("--out", type=str, default=None, help="JSON output (default: base_dir()/tokenizer/tok_eval.json)")
     args = p.parse_args(argv)
+    from jaxchat.corpus import iter_documents  # only now: tests stand in a small corpus module
     t0, tok = time.time(), Tokenizer.load(args.tokenizer)
     tb, specials = tok.token_bytes(), set(tok.special_ids.values())
     try:
         import tiktoken  # optional (the interop extra)
         encs, skipped = {"gpt2": tiktoken.get_encoding("gpt2"), "gpt4": tiktoken.get_encoding("cl100k_base")}, None
-    except ImportError:
-        encs, skipped = {}, "tiktoken not installed"
-    except Exception as e:  # offline: the BPE files cannot be downloaded
-        encs, skipped = {}, f"{type(e).__name__}: {e}"
-    rows = []
-
-    def add(kind: str, note: str, ids: list[int], segments: list[str], n_special: int = 0):
-        nbytes = int(tb[ids].sum())
+    except Exception as e:  # not installed, or offline: the BPE files cannot be downloaded
+        encs, skipped = {}, "tiktoken not installed" if isinstance(e, ImportError) else f"{type(e).__name__}: {e}"
+        print(f"GPT-2/GPT-4 comparison skipped: {skipped}")
+    rows, stdlib = [], sysconfig.get_paths()["stdlib"]
+    for kind, note, get in [
+        ("prose", "chitchat conversations (in-sample)", _prose_chitchat),
+        ("prose-docs", "Python tutorial sources (python3-doc)", _prose_pydocs),
+        ("code", "stdlib " + ", ".join(CODE_FILES) + " (in-sample)",
+         lambda: "\n".join(Path(stdlib, rel).read_text(encoding="utf-8") for rel in CODE_FILES)),
+        ("numbers", "random arithmetic + long numbers", _numbers),
+        ("multilingual", "fixed de/fr/es/ru/ko/ja/zh/emoji sample", lambda: MULTILINGUAL),
+        (f"{args.source}-train", "first 1M chars of the train split",
+         lambda: "\n".join(iter_documents(args.source, "train", max_chars=1_000_000))),
+        (f"{args.source}-val", "first 1M chars of the val split (held out)",
+         lambda: "\n".join(iter_documents(args.source, "val", max_chars=1_000_000))),
+        ("chat", "rendered conversation with a tool call; specials = 1 token, 0 bytes", lambda: CHAT_SAMPLE),
+    ]:
+        try:
+            if not (text := get()):
+                raise ValueError("no text")
+        except Exception as e:  # an optional package, a split this source lacks, no data, ...
+            print(f"(skipping {kind}: {type(e).__name__}: {e})")
+            continue
+        ids = tok.render_conversation(text)[0] if kind == "chat" else tok.encode(text)
+        runs = itertools.groupby(ids, specials.__contains__)  # the plain text between specials: tiktoken's input
+        segments = [tok.decode(list(r)) for special, r in runs if not special]
+        assert kind == "chat" or segments == [text]  # the round trip
+        nbytes, n_special = int(tb[ids].sum()), sum(i in specials for i in ids)
         rows.append({"kind": kind, "note": note, "bytes": nbytes, "tokens": len(ids), "ours": nbytes / max(1, len(ids)),
                      **{label: nbytes / max(1, sum(len(enc.encode_ordinary(s)) for s in segments) + n_special)
                         for label, enc in encs.items()}})
-
-    for kind, note, text in [
-        ("prose", "chitchat conversations (in-sample)", _prose_chitchat()),
-        ("prose-docs", "Python tutorial sources (python3-doc)", _prose_pydocs()),
-        ("code", "stdlib " + ", ".join(CODE_FILES) + " (in-sample)", _code()),
-        ("numbers", "random arithmetic + long numbers", _numbers()),
-        ("multilingual", "fixed de/fr/es/ru/ko/ja/zh/emoji sample", MULTILINGUAL),
-        (f"{args.source}-train", "first 1M chars of the train split", _corpus_sample(args.source, "train")),
-        (f"{args.source}-val", "first 1M chars of the val split (held out)", _corpus_sample(args.source, "val")),
-    ]:
-        if not text:
-            print(f"(skipping {kind}: not available)")
-            continue
-        assert tok.decode(ids := tok.encode(text)) == text
-        add(kind, note, ids, [text])
-    chat_ids, _ = tok.render_conversation(CHAT_SAMPLE)
-    runs = itertools.groupby(chat_ids, specials.__contains__)  # the plain-text runs between specials, for tiktoken
-    add("chat", "rendered conversation with a tool call; specials = 1 token, 0 bytes", chat_ids,
-        [tok.decode(list(r)) for special, r in runs if not special], n_special=sum(i in specials for i in chat_ids))
     print(f"\nbytes/token, tokenizer vocab {tok.vocab_size:,}")
     print(f"{'kind':<16} {'bytes':>9} {'tokens':>9} {'ours':>6}" + "".join(f" {c:>6}" for c in encs)
           + "".join(f" {'vs ' + c:>8}" for c in encs))
     for r in rows:
         print(f"{r['kind']:<16} {r['bytes']:>9,} {r['tokens']:>9,} {r['ours']:>6.2f}" + "".join(
             f" {r[c]:>6.2f}" for c in encs) + "".join(f" {100 * (r['ours'] - r[c]) / r[c]:>+7.1f}%" for c in encs))
-    if skipped:
-        print(f"GPT-2/GPT-4 comparison skipped: {skipped}")
     result = {"vocab_size": tok.vocab_size, "columns": ["kind", "bytes", "tokens", "ours"] + list(encs), "rows": rows,
               "tiktoken_skipped": skipped}
     out = Path(args.out or default_tokenizer_dir() / "tok_eval.json")

@@ -1,11 +1,9 @@
-"""Train the tokenizer (sentencepiece BPE, see jaxchat/tokenizer.py and tokenizer/README.md).
+"""Train the tokenizer (sentencepiece BPE, see jaxchat/tokenizer.py and tokenizer/README.md) into
+base_dir()/tokenizer/{tokenizer.model, token_bytes.npy, tok_train.json}. Multi-host (jaxchat/sharding.py's
+environment): process 0 trains; the others wait for it, then check that the shared base_dir shows them its file.
 
     python -m scripts.tok_train                      # tiny preset: vocab 8192 on 20M chars of the embedded corpus
     python -m scripts.tok_train --vocab_size=65536 --max_chars=2000000000 --source=fineweb
-
-Writes base_dir()/tokenizer/{tokenizer.model, token_bytes.npy, tok_train.json}. Multi-host (the jax.distributed
-environment of jaxchat/sharding.py): process 0 trains; the others wait for it at a barrier, then check that
-the shared base_dir shows them the same tokenizer file.
 """
 from __future__ import annotations
 
@@ -20,22 +18,19 @@ from jaxchat import config as C
 from jaxchat.common import base_dir, cli, print0, process_index
 from jaxchat.tokenizer import SPECIAL_TOKENS, TOKEN_BYTES_FILENAME, TOKENIZER_FILENAME, Tokenizer, default_tokenizer_dir
 
-BARRIER_TIMEOUT_S = 6 * 3600  # how long the other hosts wait for process 0 (4B chars may train for an hour+)
-
 
 def _sha256(path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
 def _wait_for_process0(summary: dict | None) -> dict:
-    """Barrier: process 0 publishes its summary (with the tokenizer's sha256) and every process waits for it;
-    the others then check that the shared base_dir shows them that same file. Returns process 0's summary."""
+    """Every process gets process 0's summary at a barrier; the others check that they see its file (sha256)."""
     from jax._src import distributed  # the coordination service's client (orbax uses it the same way)
 
     client = distributed.global_state.client
     if summary is not None:
         client.key_value_set("jaxchat/tok_train", json.dumps(summary))
-    client.wait_at_barrier("jaxchat_tok_train", BARRIER_TIMEOUT_S * 1000)
+    client.wait_at_barrier("jaxchat_tok_train", 6 * 3600 * 1000)  # 6 h: 4B chars may train for an hour+
     summary = json.loads(client.blocking_key_value_get("jaxchat/tok_train", 60_000))
     if process_index() == 0:
         return summary
@@ -48,19 +43,17 @@ def _wait_for_process0(summary: dict | None) -> dict:
         raise C.ConfigError(f"process {process_index()} finds {'no' if _sha256(path) is None else 'another'} "
                             f"tokenizer at {path} after process 0 trained one: JAXCHAT_BASE_DIR ({base_dir()}) must "
                             "be a directory every host shares")
-    tok = Tokenizer.load()
-    print(f"tok_train: process {process_index()} uses the tokenizer process 0 trained (vocab {tok.vocab_size:,}, "
-          f"sha256 {summary['sha256'][:16]})", flush=True)
+    print(f"tok_train: process {process_index()} uses the tokenizer process 0 trained (vocab "
+          f"{Tokenizer.load().vocab_size:,}, sha256 {summary['sha256'][:16]})", flush=True)
     return summary
 
 
 def main(argv=None) -> dict:
     """`--preset NAME` plus [tokenizer] keys (vocab_size, max_chars, doc_cap, source, digit_group), --num_threads."""
     cfg = C.load(["tokenizer"], argv, extra={"num_threads": 0})
-    multi = bool(os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("SLURM_JOB_ID"))
-    if multi:  # join jax.distributed on the CPU backend (process_index() starts one): no accelerator needed
-        os.environ.setdefault("JAX_PLATFORMS", "cpu")
-        from jaxchat.sharding import maybe_initialize_distributed
+    if multi := bool(os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("SLURM_JOB_ID")):
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")  # process_index() starts a backend: the CPU's is enough
+        from jaxchat.sharding import maybe_initialize_distributed  # only now, after JAX_PLATFORMS
 
         multi = maybe_initialize_distributed()
     summary = _train(cfg.tokenizer, cfg.extra.num_threads or None) if process_index() == 0 else None
@@ -76,42 +69,34 @@ def _train(t, num_threads) -> dict:
     from jaxchat.corpus import iter_documents  # looked up when called: tests stand in a small corpus module,
     from jaxchat.tokenizer import train_tokenizer  # and count the trainings
 
-    doc_cap = t.doc_cap or None
+    doc_cap, t0 = t.doc_cap or None, time.time()
     print0(f"tok_train: vocab_size={t.vocab_size:,} max_chars={t.max_chars:,} doc_cap={doc_cap} "
            f"source={t.source} digit_group={t.digit_group}")
-    t0 = time.time()
-    texts = iter_documents(t.source, "train", max_chars=t.max_chars, doc_cap=doc_cap)
-    tok = train_tokenizer(texts, t.vocab_size, max_chars=t.max_chars, doc_cap=doc_cap, num_threads=num_threads,
-                          digit_group=t.digit_group)
-    train_time = time.time() - t0
-    chars, docs = tok.train_info["chars"], tok.train_info["documents"]
+    tok = train_tokenizer(iter_documents(t.source, "train", max_chars=t.max_chars, doc_cap=doc_cap), t.vocab_size,
+                          max_chars=t.max_chars, doc_cap=doc_cap, num_threads=num_threads, digit_group=t.digit_group)
+    train_time, chars, docs = time.time() - t0, tok.train_info["chars"], tok.train_info["documents"]
     print0(f"trained on {chars:,} chars ({docs:,} documents) in {train_time:.2f}s (reading the corpus included)")
     if chars < t.max_chars:
         print0(f"note: the {t.source} train split holds only {chars:,} of the {t.max_chars:,} chars asked for")
     out_dir = default_tokenizer_dir()
     model_path = tok.save(out_dir / TOKENIZER_FILENAME)
-    token_bytes = tok.token_bytes()
-    np.save(out_dir / TOKEN_BYTES_FILENAME, token_bytes)
-
-    # sanity: round trip, specials are single ids that plain text cannot produce
+    np.save(out_dir / TOKEN_BYTES_FILENAME, token_bytes := tok.token_bytes())
     sample = "Hello world! def f(x):\n\treturn x ** 2  # 12345 \u2581 h\u00e9llo \U0001F600 <|assistant_end|>\r\n"
-    ids = tok.encode(sample)
+    ids = tok.encode(sample)  # sanity: a round trip; specials are single ids that plain text cannot produce
     assert tok.decode(ids) == sample, "round trip failed"
     assert not set(ids) & set(tok.special_ids.values()), "plain text produced a special token"
     assert int(token_bytes[ids].sum()) == len(sample.encode("utf-8")), "token_bytes disagree with the text"
     print0(f"round trip OK: {len(sample.encode('utf-8'))} bytes -> {len(ids)} tokens")
     print0("specials: " + ", ".join(f"{s}={tok.special_ids[s]}" for s in SPECIAL_TOKENS))
-
     nz = token_bytes[token_bytes > 0]
+    stats = dict(min=int(nz.min()), max=int(nz.max()), mean=round(float(nz.mean()), 3), std=round(float(nz.std()), 3))
     summary = dict(vocab_size=tok.vocab_size, source=t.source, max_chars=t.max_chars, doc_cap=doc_cap,
                    digit_group=t.digit_group, train_chars=chars, train_documents=docs,
                    train_time_s=round(train_time, 3), num_special_tokens=len(SPECIAL_TOKENS),
-                   special_ids=tok.special_ids, token_bytes_min=int(nz.min()), token_bytes_max=int(nz.max()),
-                   token_bytes_mean=round(float(nz.mean()), 3), token_bytes_std=round(float(nz.std()), 3),
+                   special_ids=tok.special_ids, **{f"token_bytes_{k}": v for k, v in stats.items()},
                    model_path=str(model_path), sha256=_sha256(model_path))
     (out_dir / "tok_train.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print0(f"token_bytes (non-special): min {summary['token_bytes_min']} max {summary['token_bytes_max']} "
-           f"mean {summary['token_bytes_mean']} std {summary['token_bytes_std']}")
+    print0("token_bytes (non-special): " + " ".join(f"{k} {v}" for k, v in stats.items()))
     print0(f"saved {model_path}, {out_dir / TOKEN_BYTES_FILENAME}, {out_dir / 'tok_train.json'}")
     return summary
 
