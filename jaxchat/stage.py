@@ -12,10 +12,12 @@ import jax
 import numpy as np
 from jax._src import distributed  # the coordination service's state (orbax reads it the same way)
 
+from jaxchat import config as C
 from jaxchat import sharding as shd
 from jaxchat.checkpoint import STAGE_DIRS, load_model
 from jaxchat.common import JsonlLog, base_dir, print0, report_dir
 from jaxchat.engine import Engine
+from jaxchat.tokenizer import Tokenizer
 
 SAMPLE_PROMPTS = ["The capital of France is", "The chemical symbol of gold is",
                   "If yesterday was Friday, then tomorrow will be", "The opposite of hot is",
@@ -121,6 +123,16 @@ def banner(name: str, **items) -> None:
 def load_source(stage_name: str, model_tag: str, ctx: Context, step: int = -1):
     """Params, model config and meta of the previous stage's checkpoint (largest model if no tag), on this mesh."""
     return load_model(stage_name, model_tag or None, None if step < 0 else step, mesh=ctx.mesh)
+
+
+def start_finetune(section: str, argv):
+    """mid/SFT/RL's opening: config ([mesh] + `section`, --source_step), the mesh, the tokenizer, and the source
+    stage's checkpoint. Returns (cfg, ctx, section cfg, tokenizer, params, model cfg, source meta)."""
+    cfg = C.load(["mesh", section], argv, extra={"source_step": -1})
+    ctx = init(cfg.mesh, training=True)
+    tc = getattr(cfg, section)
+    params, mc, src_meta = load_source(tc.source, tc.model_tag, ctx, cfg.extra.source_step)
+    return cfg, ctx, tc, Tokenizer.load(), params, mc, src_meta
 
 
 def sample_completions(params, mc, tok, mesh) -> dict:

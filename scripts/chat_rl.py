@@ -12,13 +12,11 @@ import time
 
 import numpy as np
 
-from jaxchat import config as C
 from jaxchat import stage, train
 from jaxchat.checkpoint import Checkpoints
 from jaxchat.common import bucket, cli, print0, read_jsonl
 from jaxchat.engine import Engine
 from jaxchat.tasks import rl_tasks
-from jaxchat.tokenizer import Tokenizer
 
 BUCKETS = (64, 128, 256, 512, 1024, 2048)
 
@@ -49,10 +47,7 @@ def group_advantages(rewards: np.ndarray, num_samples: int, normalize_std: bool)
 
 
 def main(argv=None):
-    cfg = C.load(["mesh", "rl"], argv, extra={"source_step": -1})
-    ctx = stage.init(cfg.mesh, training=True)
-    tc, tok = cfg.rl, Tokenizer.load()
-    params, mc, src_meta = stage.load_source(tc.source, tc.model_tag, ctx, cfg.extra.source_step)
+    cfg, ctx, tc, tok, params, mc, src_meta = stage.start_finetune("rl", argv)
     tag, E, N = stage.model_tag(tc.model_tag, mc), tc.examples_per_step, tc.num_samples
     train_task, test_task = rl_tasks(online=tc.task == "gsm8k")
     n_iter = tc.num_iterations if tc.num_iterations > 0 else len(train_task) // E

@@ -21,7 +21,6 @@ from jaxchat.checkpoint import Checkpoints
 from jaxchat.common import cli, print0
 from jaxchat.evaluate import categorical_accuracy
 from jaxchat.tasks import ARC, MMLU, sft_mixture
-from jaxchat.tokenizer import Tokenizer
 
 
 def _masked_nll_sum(params, b, mc):
@@ -38,10 +37,7 @@ def quick_metrics(params, mc, tok, ctx, max_problems: int) -> dict:
 
 
 def main(argv=None):
-    cfg = C.load(["mesh", "sft"], argv, extra={"source_step": -1})
-    ctx = stage.init(cfg.mesh, training=True)
-    tc, tok = cfg.sft, Tokenizer.load()
-    params, mc, src_meta = stage.load_source(tc.source, tc.model_tag, ctx, cfg.extra.source_step)
+    cfg, ctx, tc, tok, params, mc, src_meta = stage.start_finetune("sft", argv)
     tag, T = stage.model_tag(tc.model_tag, mc), mc.max_seq_len
     rows, local_rows = stage.rows_per_process(tc.device_batch_size, ctx)
     if tc.target_examples_per_step % rows:

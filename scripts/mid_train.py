@@ -6,20 +6,15 @@ packed into rows, ALL tokens trained (nanochat V1); one pass over the shuffled m
 """
 from __future__ import annotations
 
-from jaxchat import config as C
 from jaxchat import data, evaluate, stage, train
 from jaxchat import model as gpt
 from jaxchat.checkpoint import Checkpoints
 from jaxchat.common import cli, print0
 from jaxchat.tasks import mid_train_mixture
-from jaxchat.tokenizer import Tokenizer
 
 
 def main(argv=None):
-    cfg = C.load(["mesh", "mid"], argv, extra={"source_step": -1})
-    ctx = stage.init(cfg.mesh, training=True)
-    tc, tok = cfg.mid, Tokenizer.load()
-    params, mc, src_meta = stage.load_source(tc.source, tc.model_tag, ctx, cfg.extra.source_step)
+    cfg, ctx, tc, tok, params, mc, src_meta = stage.start_finetune("mid", argv)
     tag, T = stage.model_tag(tc.model_tag, mc), mc.max_seq_len
     rows, local_rows = stage.rows_per_process(tc.device_batch_size, ctx)
     accum = train.grad_accum_steps(tc.total_batch_size, tc.device_batch_size, T, ctx.n_devices)

@@ -1,6 +1,5 @@
 """run_all.sh's install decisions (extras per preset and NVIDIA driver, Python via uv), run against fake
 nvidia-smi / python3 / uv on a PATH that holds nothing else, so nothing is ever installed."""
-import os
 import shutil
 import subprocess
 from pathlib import Path
