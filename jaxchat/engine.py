@@ -256,8 +256,12 @@ class Engine:
 
     def handle_tools(self, st: DecodeState) -> DecodeState:
         """Evaluate the calculator call of every row waiting on the host; queue its result as forced tokens."""
-        for b in np.flatnonzero(np.asarray(st.needs_host)):
-            expr = _since_last(np.asarray(st.out[b, : int(st.n[b])]).tolist(), self.python_start, self.python_end)
+        needs = np.asarray(st.needs_host)
+        if not needs.any():  # most calls: no host round trip for the outputs
+            return st
+        out, n = jax.device_get((st.out, st.n))  # one copy: indexing device arrays compiles a slice per length
+        for b in np.flatnonzero(needs):
+            expr = _since_last(out[b, : n[b]].tolist(), self.python_start, self.python_end)
             result = calculator(self.tok.decode(expr)) if expr is not None else None
             forced = [] if result is None else [self.output_start, *self.tok.encode(result), self.output_end]
             st = set_forced(st, int(b), jnp.asarray((forced + [0] * FORCED_CAP)[:FORCED_CAP], jnp.int32),
