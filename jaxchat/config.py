@@ -48,6 +48,15 @@ class ModelConfig:
     n_kv_head: int = 0  # 0 = same as n_head (nanochat's default, GQA ratio 1:1)
     rope_theta: float = 10_000.0
     softcap: float = 15.0
+    # nanochat master's architecture (all off = V1; `configs/master.toml` turns them on, as master has them)
+    value_embeds: bool = False  # value embeddings on alternating layers (the last always), gated into v per head
+    layer_lambdas: bool = False  # before each block x = resid_λ[i]·x + x0_λ[i]·x0 (x0: the normed embedding)
+    smear: bool = False  # add a gated share of the previous token's embedding to each position
+    backout: bool = False  # subtract backout_λ · (the residual after layer depth//2) before the final norm
+    window_pattern: str = ""  # "" = full causal attention (V1); else S/L per layer, tiled, the last layer L
+    qk_scale: float = 1.0  # q and k × this after QK-norm (master: 1.2)
+    vocab_multiple: int = 1  # wte / lm_head rows padded to a multiple of this (master: 64); never predicted
+    init: str = "v1"  # "v1" | "master" (uniform matrices, wte std 0.8, lm_head std 0.001, c_fc × 0.4)
     # Numerics and implementation knobs (do not change the function the model computes).
     compute_dtype: str = "float32"  # "bfloat16" on GPU; params are always float32 (master weights)
     attn_impl: str = "xla"  # "xla" | "cudnn" | "auto" (cudnn on GPU, xla elsewhere)
@@ -63,6 +72,12 @@ class ModelConfig:
         _choice(self, "compute_dtype", "float32", "bfloat16", "float16")
         _choice(self, "attn_impl", "xla", "cudnn", "auto")
         _choice(self, "remat", "none", "full", "dots", "minimal")
+        _choice(self, "init", "v1", "master")
+        if set(self.window_pattern.upper()) - set("SL"):
+            raise ConfigError(f"window_pattern takes S and L only (e.g. SSSL), got {self.window_pattern!r}")
+        if self.scan_layers and (self.value_embeds or self.layer_lambdas or self.backout or self.window_pattern):
+            raise ConfigError("scan_layers runs V1's uniform layers only: turn it off with value_embeds, "
+                              "layer_lambdas, backout or window_pattern")
 
     @property
     def n_layer(self) -> int:
@@ -87,6 +102,27 @@ class ModelConfig:
     @property
     def mlp_dim(self) -> int:
         return 4 * self.n_embd
+
+    @property
+    def padded_vocab(self) -> int:
+        return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
+
+    @property
+    def windows(self) -> tuple:
+        """Each layer's attention window w (a query sees keys p-w..p) or None (full): master's S = T/4 rounded
+        up to a multiple of 128, L = T (binds only past T, in decode); the last layer always L."""
+        if not self.window_pattern:
+            return (None,) * self.n_layer
+        T = self.max_seq_len
+        short = -(-T // 4 // 128) * 128
+        pat = self.window_pattern.upper()
+        return tuple(short if pat[i % len(pat)] == "S" and i < self.n_layer - 1 else T for i in range(self.n_layer))
+
+    @property
+    def ve_layers(self) -> tuple:
+        """Layers with value embeddings: every other one, ending with the last."""
+        L = self.n_layer
+        return tuple(i for i in range(L) if self.value_embeds and i % 2 == (L - 1) % 2)
 
 
 @dataclass(frozen=True)
@@ -121,6 +157,12 @@ class TrainConfig:
     muon_momentum_start: float = 0.85
     muon_momentum_end: float = 0.95
     muon_momentum_warmup: int = 300
+    # nanochat master's MuonAdamW (optimizer = "master"): Polar Express, NorMuon, cautious weight decay
+    # (`weight_decay` is then Muon's, cosine to 0; the AdamW groups keep master's own), scalar params
+    optimizer: str = "v1"  # "v1" | "master"
+    scalar_lr: float = 0.5  # master: x0 λ at this LR, resid λ at 0.01× it
+    warmup_steps: int = -1  # > 0: LR warmup over this many steps (master's 40), instead of warmup_ratio
+    muon_momentum_warmdown: float = -1.0  # >= 0: momentum goes to this across the LR warmdown (master 0.90)
     grad_clip: float = 0.0  # 0 = off (nanochat V1's clip was a no-op in practice and was removed)
     eval_every: int = 250
     eval_tokens: int = 20 * 524_288
@@ -131,6 +173,9 @@ class TrainConfig:
     seed: int = 42
     resume: bool = False  # continue from the newest checkpoint in the stage's folder
     overwrite: bool = False  # without --resume: replace an earlier run's checkpoints (else: a clear error)
+
+    def __post_init__(self):
+        _choice(self, "optimizer", "v1", "master")
 
 
 @dataclass(frozen=True)

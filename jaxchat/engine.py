@@ -76,7 +76,7 @@ def sample(logits_BxV, key_B, temperature_B, top_k_B, kmax: int = KMAX):
 class DecodeState:
     """What the decode loop carries, one row per sequence (B rows, N = max new tokens, F = FORCED_CAP)."""
 
-    cache: dict  # the KV cache (model.init_cache): {"k", "v": L arrays [B, K, S, Dh], "pos": [B]}
+    cache: dict  # the KV cache (model.init_cache): {"k", "v": L arrays [B, K, S, Dh], "pos": [B], smear: "prev"}
     token: jax.Array  # [B] last emitted token, fed at the next step
     active: jax.Array  # [B] row still generating
     n: jax.Array  # [B] tokens generated so far
@@ -148,7 +148,7 @@ def prefill(params, st: DecodeState, rows_R, tokens_PxT, lengths_P, max_new_R, t
     """Prefill P right-padded prompts once each into their `num_samples` rows of `rows_R` each (R = P x num_samples,
     prompt by prompt), reset those rows and emit their first token. The other rows are untouched."""
     c, src, R = st.cache, rows_R[::num_samples], rows_R.shape[0]
-    sub = {"k": [x[src] for x in c["k"]], "v": [x[src] for x in c["v"]], "pos": jnp.zeros(src.shape, jnp.int32)}
+    sub = {**jax.tree.map(lambda x: x[src], c), "pos": jnp.zeros(src.shape, jnp.int32)}
     logits, sub = gpt.forward(params, tokens_PxT, cfg, cache=sub, lengths_B=lengths_P, fresh=True)
     rep = lambda a: jnp.repeat(a, num_samples, axis=0)  # noqa: E731
     last = rep(jnp.take_along_axis(logits, (lengths_P - 1)[:, None, None], axis=1)[:, 0])
@@ -188,7 +188,8 @@ def run(params, st: DecodeState, max_steps, *, cfg: ModelConfig, stops: Stops) -
         logits, cache = gpt.forward(params, st.token[:, None], cfg, cache=st.cache,
                                     window_idx=gpt.window_index(need, st.cache["k"][0].shape[2]))
         # rows that are not active must not advance their cache position
-        st = st.replace(cache={**cache, "pos": jnp.where(st.active, cache["pos"], st.cache["pos"])})
+        keep = lambda new, old: jnp.where(st.active.reshape(-1, *[1] * (old.ndim - 1)), new, old)  # noqa: E731
+        st = st.replace(cache={**cache, **{k: keep(cache[k], st.cache[k]) for k in ("pos", "prev") if k in cache}})
         keys = jax.vmap(jax.random.fold_in)(st.key, st.n)
         return _emit(st, sample(logits[:, 0], keys, st.temperature, st.top_k, stops.kmax), stops), i + 1
 

@@ -1,7 +1,9 @@
-"""Interop: nanochat (V1) PyTorch checkpoints and tiktoken tokenizers, and self-contained safetensors files (torch,
-tiktoken and safetensors, the `interop` extra, are imported only when needed). Since Dec 2025 nanochat pads the vocab
-rows of wte / lm_head to a multiple of 64 (never used): the import drops them, the export pads with zeros. nanochat
-V1 rounds its rotary tables to bfloat16, jaxchat keeps float32: logits agree to ~5e-4 relative (~1e-6 in float32).
+"""Interop: nanochat PyTorch checkpoints (V1, and master's architecture: its meta has a window_pattern; the switches
+follow the checkpoint's keys) and tiktoken tokenizers, and self-contained safetensors files (torch, tiktoken and
+safetensors, the `interop` extra, are imported only when needed). Since Dec 2025 nanochat pads the vocab rows of
+wte / lm_head to a multiple of 64 (never used): a V1 import drops them, a master import keeps them (vocab_multiple
+64), the export pads with zeros. nanochat V1 rounds its rotary tables to bfloat16, jaxchat keeps float32: logits
+agree to ~5e-4 relative (~1e-6 in float32).
 """
 from __future__ import annotations
 
@@ -30,6 +32,28 @@ NANOCHAT_TOKENIZER_MARKER = "nanochat_tokenizer.json"  # written next to a copie
 # jaxchat blocks.<name> [layer, in, out]  ←→  nanochat transformer.h.{i}.<key> [out, in]
 LAYER_KEYS = {"wq": "attn.c_q.weight", "wk": "attn.c_k.weight", "wv": "attn.c_v.weight", "wo": "attn.c_proj.weight",
               "w_fc": "mlp.c_fc.weight", "w_proj": "mlp.c_proj.weight"}
+# nanochat master's architecture: the switches of configs/master.toml that a checkpoint's keys do not show
+MASTER_CONSTANTS = ("qk_scale", "rope_theta", "vocab_multiple")
+
+
+def master_keys(cfg: ModelConfig) -> dict:
+    """jaxchat's extra params → the nanochat master key (or keys, stacked) each comes from. Linear weights
+    ("…gate.weight", [out, in]) are transposed; embeddings and raw parameters are not."""
+    keys = {}
+    if cfg.ve_layers:
+        keys["value_embeds"] = [f"value_embeds.{i}.weight" for i in cfg.ve_layers]
+        keys["ve_gate"] = [f"transformer.h.{i}.attn.ve_gate.weight" for i in cfg.ve_layers]
+    if cfg.layer_lambdas:
+        keys.update(resid_lambdas="resid_lambdas", x0_lambdas="x0_lambdas")
+    if cfg.smear:
+        keys.update(smear_gate="smear_gate.weight", smear_lambda="smear_lambda")
+    if cfg.backout:
+        keys["backout_lambda"] = "backout_lambda"
+    return keys
+
+
+def _torch_layout(key: str, w):  # jaxchat [in, out] ↔ torch Linear [out, in] (its own inverse)
+    return np.ascontiguousarray(w.T) if key.endswith("gate.weight") else w
 
 
 class InteropError(ValueError):
@@ -44,26 +68,48 @@ def _require(module: str):  # an optional dependency (the interop extra): import
                           "(torch==2.13.0, tiktoken==0.14.0, safetensors==0.8.0)") from e
 
 
+def _master_arch(window_pattern: str) -> dict:
+    m = C.load_preset("master")["model"]
+    return {k: m[k] for k in ("value_embeds", "layer_lambdas", "smear", "backout", "init", *MASTER_CONSTANTS)} | {
+        "window_pattern": window_pattern}
+
+
 def nanochat_model_config(cfg: ModelConfig) -> dict:
-    """jaxchat ModelConfig → nanochat's GPTConfig kwargs (exactly its six fields)."""
-    return {"sequence_len": cfg.max_seq_len, "vocab_size": cfg.vocab_size, "n_layer": cfg.n_layer,
-            "n_head": cfg.n_head, "n_kv_head": cfg.kv_heads, "n_embd": cfg.n_embd}
+    """jaxchat ModelConfig → nanochat's GPTConfig kwargs (V1's six fields; master's add window_pattern). A mix of
+    the two architectures has no nanochat layout: an error says which switches differ from master's."""
+    mc = {"sequence_len": cfg.max_seq_len, "vocab_size": cfg.vocab_size, "n_layer": cfg.n_layer,
+          "n_head": cfg.n_head, "n_kv_head": cfg.kv_heads, "n_embd": cfg.n_embd}
+    master = _master_arch(cfg.window_pattern or "L")
+    v1 = {k: f.default for f in dataclasses.fields(ModelConfig) if (k := f.name) in master and k != "init"}
+    if all(getattr(cfg, k) == v for k, v in v1.items()):
+        return mc
+    if diff := [f"{k}={getattr(cfg, k)!r} (master: {v!r})" for k, v in master.items()
+                if k != "init" and getattr(cfg, k) != v]:
+        raise InteropError(f"no nanochat layout for this mix of V1 and master switches: {', '.join(diff)}")
+    return {**mc, "window_pattern": cfg.window_pattern}
 
 
-def config_from_nanochat(mc: dict) -> ModelConfig:
-    """nanochat model_config → a depth-derived ModelConfig of exactly that shape (nanochat's defaults first)."""
-    keys = ("n_layer", "n_embd", "n_head", "vocab_size", "sequence_len")
-    if missing := [k for k in keys if k not in mc]:
+def config_from_nanochat(mc: dict, sd_keys=()) -> ModelConfig:
+    """nanochat model_config → a depth-derived ModelConfig of exactly that shape (nanochat's defaults first);
+    with a window_pattern (master) the switches follow the state dict's keys."""
+    fields = ("n_layer", "n_embd", "n_head", "vocab_size", "sequence_len")
+    if missing := [k for k in fields if k not in mc]:
         raise InteropError(f"nanochat model_config lacks {missing}: {mc}")
-    L, D, H, V, T = (int(mc[k]) for k in keys)
+    L, D, H, V, T = (int(mc[k]) for k in fields)
     K = int(mc.get("n_kv_head") or H)
     if D % L:
         raise InteropError(f"n_embd={D} is not a multiple of n_layer={L}: jaxchat derives the width as "
                            f"aspect_ratio·depth, so this shape cannot be expressed")
+    arch = {}
+    if "window_pattern" in mc:
+        arch = _master_arch(mc["window_pattern"] or "L")
+        for switch, key in (("value_embeds", "value_embeds."), ("layer_lambdas", "resid_lambdas"),
+                            ("smear", "smear_gate"), ("backout", "backout_lambda")):
+            arch[switch] = any(k.removeprefix("_orig_mod.").startswith(key) for k in sd_keys)
     for ar, hdt in [(64, 128), (D // L, 128), (64, D // H), (D // L, D // H)]:
         try:
             cfg = ModelConfig(depth=L, vocab_size=V, max_seq_len=T, aspect_ratio=ar, head_dim_target=hdt,
-                              n_kv_head=0 if K == H else K)
+                              n_kv_head=0 if K == H else K, **arch)
         except ConfigError:  # e.g. n_kv_head does not divide this candidate's head count
             continue
         if (cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.head_dim, cfg.kv_heads) == (L, D, H, D // H, K):
@@ -79,20 +125,24 @@ def check_params(params: dict, cfg: ModelConfig) -> None:
 
 def state_dict_to_params(sd: dict[str, np.ndarray], cfg: ModelConfig) -> dict:
     """nanochat state dict (numpy; torch.compile's `_orig_mod.` prefixes allowed) → jaxchat params (numpy
-    float32). Rotary cos/sin buffers are ignored; any other unknown key (a post-V1 architecture) is an error."""
+    float32). Rotary cos/sin buffers are ignored; any other unknown key (another architecture) is an error."""
     sd = {k.removeprefix("_orig_mod."): v for k, v in sd.items()}
+    extra = master_keys(cfg)
     keys = ["transformer.wte.weight", "lm_head.weight",
-            *(f"transformer.h.{i}.{key}" for i in range(cfg.n_layer) for key in LAYER_KEYS.values())]
+            *(f"transformer.h.{i}.{key}" for i in range(cfg.n_layer) for key in LAYER_KEYS.values()),
+            *(k for ks in extra.values() for k in ([ks] if isinstance(ks, str) else ks))]
     if missing := [k for k in keys if k not in sd]:
         raise InteropError(f"state dict lacks {missing[:4]} (has {sorted(sd)[:8]}...)")
-    if extra := [k for k in sd if k not in keys and not k.endswith(("cos", "sin"))]:
-        raise InteropError(f"unexpected state-dict keys (not nanochat V1's architecture?): {extra[:10]}")
-    w = {k: np.asarray(sd[k], np.float32) for k in keys}
-    V = cfg.vocab_size  # nanochat's padding rows (never used) are dropped; check_params catches too few
+    if unknown := [k for k in sd if k not in keys and not k.endswith(("cos", "sin"))]:
+        raise InteropError(f"unexpected state-dict keys (not nanochat V1's or master's architecture?): {unknown[:10]}")
+    w = {k: _torch_layout(k, np.asarray(sd[k], np.float32)) for k in keys}
+    V = cfg.padded_vocab  # V1: nanochat's padding rows (never used) are dropped; check_params catches too few
     params = {"wte": np.ascontiguousarray(w["transformer.wte.weight"][:V]),
               "lm_head": np.ascontiguousarray(w["lm_head.weight"][:V].T),
               "blocks": {name: np.stack([w[f"transformer.h.{i}.{key}"].T for i in range(cfg.n_layer)])
-                         for name, key in LAYER_KEYS.items()}}
+                         for name, key in LAYER_KEYS.items()},
+              **{name: w[ks] if isinstance(ks, str) else np.stack([w[k][:V] for k in ks])
+                 for name, ks in extra.items()}}
     check_params(params, cfg)
     return params
 
@@ -101,13 +151,19 @@ def params_to_state_dict(params: dict, cfg: ModelConfig, *, pad_vocab_to: int = 
     """jaxchat params → nanochat state dict (numpy float32, [out, in], vocab rows zero-padded to a multiple
     of `pad_vocab_to`: 64 for nanochat V1, 1 for pre-Dec-2025 nanochat)."""
     check_params(params, cfg)
-    rows = -cfg.vocab_size % max(1, pad_vocab_to)  # zero rows up to a multiple of pad_vocab_to
+    nanochat_model_config(cfg)  # a mix of V1 and master switches has no nanochat layout: say so
+    rows = -cfg.padded_vocab % max(1, pad_vocab_to)  # zero rows up to a multiple of pad_vocab_to
     pad = lambda w_VxD: np.pad(np.asarray(w_VxD, np.float32), ((0, rows), (0, 0)))  # noqa: E731
     blocks = jax.tree.map(np.asarray, params["blocks"])
-    return {"transformer.wte.weight": pad(params["wte"]),
-            **{f"transformer.h.{i}.{key}": np.ascontiguousarray(blocks[name][i].T, np.float32)
-               for i in range(cfg.n_layer) for name, key in LAYER_KEYS.items()},
-            "lm_head.weight": pad(np.asarray(params["lm_head"]).T)}
+    sd = {"transformer.wte.weight": pad(params["wte"]),
+          **{f"transformer.h.{i}.{key}": np.ascontiguousarray(blocks[name][i].T, np.float32)
+             for i in range(cfg.n_layer) for name, key in LAYER_KEYS.items()},
+          "lm_head.weight": pad(np.asarray(params["lm_head"]).T)}
+    for name, ks in master_keys(cfg).items():
+        w = np.asarray(params[name], np.float32)
+        sd.update({ks: _torch_layout(ks, w)} if isinstance(ks, str) else
+                  {k: _torch_layout(k, pad(x) if name == "value_embeds" else x) for k, x in zip(ks, w)})
+    return sd
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -145,13 +201,14 @@ def load_nanochat(path: str | Path, step: int | None = None) -> tuple[dict, Mode
     if "model_config" not in meta:
         raise InteropError(f"{meta_path} is missing or has no model_config (nanochat writes model_ and meta_ files "
                            "together)")
-    cfg = config_from_nanochat(meta["model_config"])
-    with contextlib.suppress(Exception):  # no jaxchat block, or a foreign or stale one: the nanochat fields rule
-        mine = C.build(ModelConfig, meta["jaxchat"]["model"])
-        cfg = mine if nanochat_model_config(mine) == nanochat_model_config(cfg) else cfg
     torch = _require("torch")
     sd = torch.load(str(d / f"model_{step:06d}.pt"), map_location="cpu", weights_only=True)
     sd = {k: v.detach().to(torch.float32).numpy() for k, v in sd.items()}  # bf16 (nanochat on CUDA) upcast exactly
+    cfg = config_from_nanochat(meta["model_config"], sd)
+    with contextlib.suppress(Exception):  # no jaxchat block, or a foreign or stale one: the nanochat fields rule
+        mine = C.build(ModelConfig, meta["jaxchat"]["model"])
+        cfg = mine if nanochat_model_config(mine) == nanochat_model_config(cfg) and (
+            master_keys(mine) == master_keys(cfg)) else cfg
     return state_dict_to_params(sd, cfg), cfg, dict(meta, step=meta.get("step", step))
 
 
@@ -192,8 +249,8 @@ def load_jaxchat(stage: str, model_tag: str | None = None, step: int | None = No
 
 
 # ----------------------------------------------------------------------------------------------------
-# safetensors: tensors wte, lm_head, blocks.<name> (jaxchat's layout) and metadata jaxchat_config, jaxchat_shape
-# and (optionally) tokenizer_kind, tokenizer, special_tokens: self-contained, and its tensors are exactly the params
+# safetensors: tensors wte, lm_head, blocks.<name> (+ master's extras), jaxchat's layout, and metadata jaxchat_config,
+# jaxchat_shape and (optionally) tokenizer_kind, tokenizer, special_tokens: self-contained, its tensors are the params
 
 
 def export_safetensors(params: dict, cfg: ModelConfig, path: str | Path, tokenizer=None) -> Path:
@@ -214,7 +271,7 @@ def export_safetensors(params: dict, cfg: ModelConfig, path: str | Path, tokeniz
         meta.update(tokenizer_kind="sentencepiece", tokenizer=base64.b64encode(tokenizer.model_proto).decode("ascii"))
     if tokenizer:
         meta["special_tokens"] = json.dumps({name: int(tokenizer.encode_special(name)) for name in SPECIAL_TOKENS})
-    flat = {"wte": params["wte"], "lm_head": params["lm_head"],
+    flat = {**{k: v for k, v in params.items() if k != "blocks"},
             **{f"blocks.{k}": v for k, v in params["blocks"].items()}}
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)

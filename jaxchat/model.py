@@ -1,11 +1,14 @@
-"""The GPT: nanochat V1's architecture as a Flax NNX module (init and axis metadata) and a pure `forward`.
+"""The GPT: nanochat's architecture (V1, and master's by switches) as a Flax NNX module (init and axis metadata)
+and a pure `forward`.
 
 embedding → RMSNorm → `depth` pre-norm blocks [x += attn(norm(x)); x += mlp(norm(x))] → RMSNorm → untied lm_head
 → fp32 logits soft-capped at 15. Attention: q/k/v projections, rotary (split halves) then RMSNorm on q and k,
 causal GQA; MLP: ReLU², 4× width; no biases. Params are one dict, layers stacked on a leading axis (for scan):
 wte [V, D], lm_head [D, V], blocks.{wq [L, D, H·Dh], wk/wv [L, D, K·Dh], wo [L, H·Dh, D], w_fc [L, D, F],
-w_proj [L, F, D]}. Name suffixes: B batch, T query length, S cache length, D width, H heads, K kv heads,
-G = H/K, Dh head dim, V vocab, L layers, F MLP width."""
+w_proj [L, F, D]}. nanochat master's switches (ModelConfig) add value_embeds [n_ve, V, K·Dh] + ve_gate
+[n_ve, 12, K], resid_lambdas / x0_lambdas [L], smear_gate [24, 1] + smear_lambda [1], backout_lambda [1], sliding
+windows, q·k scale and padded vocab rows. Name suffixes: B batch, T query length, S cache length, D width, H heads,
+K kv heads, G = H/K, Dh head dim, V vocab, L layers, F MLP width."""
 from __future__ import annotations
 
 import math
@@ -26,6 +29,7 @@ Params = dict[str, Any]
 RMS_EPS = float(jnp.finfo(jnp.float32).eps)
 ATTN_CHUNKS = 2  # causal query blocks in the XLA attention (see causal_attention)
 ACT = ("batch", "seq", "act_embed")  # logical layout of the residual stream
+VE_GATE, SMEAR_GATE = 12, 24  # input channels of master's value-embedding and smear gates
 BATCH = ("batch", "seq")  # token ids and targets
 
 
@@ -39,25 +43,46 @@ class GPT(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
-        L, D, V, F = cfg.n_layer, cfg.n_embd, cfg.vocab_size, cfg.mlp_dim
-        HD, KD = cfg.n_head * cfg.head_dim, cfg.kv_heads * cfg.head_dim
+        L, D, V, F = cfg.n_layer, cfg.n_embd, cfg.padded_vocab, cfg.mlp_dim
+        HD, KD, K, n_ve = cfg.n_head * cfg.head_dim, cfg.kv_heads * cfg.head_dim, cfg.kv_heads, len(cfg.ve_layers)
+        f32, master = jnp.float32, cfg.init == "master"
 
-        def dense(key, shape, fan_in, fan_out):
+        def dense(key, shape, fan_in, fan_out, gain=1.0):
+            if master:  # uniform with std gain/sqrt(D): no outliers (master's init)
+                s = gain * math.sqrt(3 / D)
+                return jax.random.uniform(key, shape, f32, -s, s)
             # Normal(0, 1/sqrt(fan_in) * min(1, sqrt(fan_out/fan_in)))  (arXiv 2310.17813, as nanochat)
             std = 1.0 / math.sqrt(fan_in) * min(1.0, math.sqrt(fan_out / fan_in))
-            return std * jax.random.normal(key, shape, jnp.float32)
+            return std * jax.random.normal(key, shape, f32)
 
-        zeros = lambda shape: jnp.zeros(shape, jnp.float32)  # noqa: E731
-        self.wte = nnx.Param(jax.random.normal(rngs.params(), (V, D), jnp.float32), axes=("vocab", "embed"))
-        self.lm_head = nnx.Param(zeros((D, V)), axes=("embed", "vocab"))
+        zeros = lambda shape: jnp.zeros(shape, f32)  # noqa: E731
+        normal = lambda std, shape: std * jax.random.normal(rngs.params(), shape, f32)  # noqa: E731
+        small = lambda shape: jax.random.uniform(rngs.params(), shape, f32, 0.0, 0.02)  # gates start just open  # noqa
+        self.wte = nnx.Param(normal(0.8 if master else 1.0, (V, D)), axes=("vocab", "embed"))
+        self.lm_head = nnx.Param(normal(0.001, (D, V)) if master else zeros((D, V)), axes=("embed", "vocab"))
         self.blocks = nnx.Dict(
             wq=nnx.Param(dense(rngs.params(), (L, D, HD), D, HD), axes=("layers", "embed", "heads")),
             wk=nnx.Param(dense(rngs.params(), (L, D, KD), D, KD), axes=("layers", "embed", "kv_heads")),
             wv=nnx.Param(dense(rngs.params(), (L, D, KD), D, KD), axes=("layers", "embed", "kv_heads")),
             wo=nnx.Param(zeros((L, HD, D)), axes=("layers", "heads", "embed")),
-            w_fc=nnx.Param(dense(rngs.params(), (L, D, F), D, F), axes=("layers", "embed", "mlp")),
+            w_fc=nnx.Param(dense(rngs.params(), (L, D, F), D, F, gain=0.4), axes=("layers", "embed", "mlp")),
             w_proj=nnx.Param(zeros((L, F, D)), axes=("layers", "mlp", "embed")),
         )
+        # master's extra parameters, with master's init whatever `init` says (it is part of each feature)
+        if n_ve:
+            s = math.sqrt(3 / D)
+            self.value_embeds = nnx.Param(jax.random.uniform(rngs.params(), (n_ve, V, KD), f32, -s, s),
+                                          axes=("layers", "vocab", "embed"))
+            self.ve_gate = nnx.Param(small((n_ve, VE_GATE, K)), axes=("layers", "scalar", "scalar"))
+        if cfg.layer_lambdas:  # stronger residual early, less of x0 deep
+            frac = jnp.arange(L, dtype=f32) / max(L - 1, 1)
+            self.resid_lambdas = nnx.Param(1.15 - 0.10 * frac, axes=("layers",))
+            self.x0_lambdas = nnx.Param(0.20 - 0.15 * frac, axes=("layers",))
+        if cfg.smear:
+            self.smear_gate = nnx.Param(small((SMEAR_GATE, 1)), axes=("scalar", "scalar"))
+            self.smear_lambda = nnx.Param(zeros((1,)), axes=("scalar",))
+        if cfg.backout:
+            self.backout_lambda = nnx.Param(jnp.full((1,), 0.2, f32), axes=("scalar",))
 
     def params(self) -> Params:
         return nnx.to_pure_dict(nnx.state(self, nnx.Param))
@@ -90,15 +115,28 @@ def param_shardings(cfg: ModelConfig, mesh) -> Params:
 
 
 def num_params(cfg: ModelConfig) -> int:
-    return sum(math.prod(x.shape) for x in jax.tree.leaves(param_shapes(cfg)))
+    return scaling_params(cfg)["total"]
+
+
+def scaling_params(cfg: ModelConfig) -> dict:
+    """Parameter counts by group, as master's `num_scaling_params` (its horizon uses transformer_matrices +
+    lm_head); the gates of value embeddings sit in the blocks, the smear gate among the scalars."""
+    n = {k: sum(math.prod(x.shape) for x in jax.tree.leaves(v)) for k, v in param_shapes(cfg).items()}
+    out = {"wte": n["wte"], "value_embeds": n.get("value_embeds", 0), "lm_head": n["lm_head"],
+           "transformer_matrices": n["blocks"] + n.get("ve_gate", 0),
+           "scalars": sum(n.get(k, 0) for k in ("resid_lambdas", "x0_lambdas", "smear_gate", "smear_lambda",
+                                                "backout_lambda"))}
+    return {**out, "total": sum(out.values())}
 
 
 def flops_per_token(cfg: ModelConfig) -> float:
-    """nanochat's estimate: 6·(params − embedding) + 12·L·H·Dh·T (T = max_seq_len; PaLM-style, counts lm_head,
-    full (not causal-halved) attention)."""
-    n = num_params(cfg)
-    n_embed = cfg.vocab_size * cfg.n_embd
-    return 6.0 * (n - n_embed) + 12.0 * cfg.n_layer * cfg.n_head * cfg.head_dim * cfg.max_seq_len
+    """nanochat's estimate (master's `estimate_flops`): 6 × the params that multiply activations (lm_head and the
+    gates included, lookups and scalars not) + 12·H·Dh·min(window, T) per layer (PaLM-style: full, not
+    causal-halved attention; T = max_seq_len)."""
+    n = scaling_params(cfg)
+    matmul = n["total"] - n["wte"] - n["value_embeds"] - n["scalars"] + SMEAR_GATE * cfg.smear
+    T = cfg.max_seq_len
+    return 6.0 * matmul + sum(12.0 * cfg.n_head * cfg.head_dim * min(w or T, T) for w in cfg.windows)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -133,16 +171,19 @@ def _attn_impl(cfg: ModelConfig):
     return cfg.attn_impl
 
 
-def causal_attention(q_BxTxHxDh, k_BxTxKxDh, v_BxTxKxDh, cfg: ModelConfig):
-    """Self-attention over one causal chunk (training, and prefill into an empty cache).
+def causal_attention(q_BxTxHxDh, k_BxTxKxDh, v_BxTxKxDh, cfg: ModelConfig, window=None):
+    """Self-attention over one causal chunk (training, and prefill into an empty cache); with `window` w a query
+    at p sees keys p-w..p (master's sliding window: cuDNN's local window, a mask on XLA).
 
     The XLA path moves heads in front of time once, then splits the queries into `ATTN_CHUNKS` blocks that
     each attend only to the keys at or before their end: the masked upper triangle is mostly never
     computed (−25% attention FLOPs for 2 blocks), which matters on CPU where XLA has no fused kernel."""
     impl = _attn_impl(cfg)
-    if impl == "cudnn":
-        return jax.nn.dot_product_attention(q_BxTxHxDh, k_BxTxKxDh, v_BxTxKxDh, is_causal=True, implementation="cudnn")
     B, T, H, Dh = q_BxTxHxDh.shape
+    window = window if window is not None and window < T - 1 else None  # a window that covers T is no window
+    if impl == "cudnn":
+        return jax.nn.dot_product_attention(q_BxTxHxDh, k_BxTxKxDh, v_BxTxKxDh, is_causal=True, implementation="cudnn",
+                                            local_window_size=None if window is None else (window, 0))
     K = k_BxTxKxDh.shape[2]
     q = (q_BxTxHxDh * (1.0 / math.sqrt(Dh))).reshape(B, T, K, H // K, Dh).transpose(0, 2, 3, 1, 4)  # BKGTDh
     k = k_BxTxKxDh.transpose(0, 2, 1, 3)  # BKSDh
@@ -153,7 +194,8 @@ def causal_attention(q_BxTxHxDh, k_BxTxKxDh, v_BxTxKxDh, cfg: ModelConfig):
     for i in range(n):
         S = (i + 1) * c
         s = jnp.einsum("bkgtd,bksd->bkgts", q[:, :, :, i * c:S], k[:, :, :S], preferred_element_type=jnp.float32)
-        visible_TxS = jnp.arange(S)[None, :] <= (i * c + jnp.arange(c))[:, None]
+        back_TxS = (i * c + jnp.arange(c))[:, None] - jnp.arange(S)[None, :]  # how far back each key is
+        visible_TxS = (back_TxS >= 0) & (back_TxS <= window) if window else back_TxS >= 0
         s = jnp.where(visible_TxS, s, -1e30)
         p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
         outs.append(jnp.einsum("bkgts,bksd->bkgtd", p, v[:, :, :S]))
@@ -161,14 +203,15 @@ def causal_attention(q_BxTxHxDh, k_BxTxKxDh, v_BxTxKxDh, cfg: ModelConfig):
     return o.transpose(0, 3, 1, 2, 4).reshape(B, T, H, Dh)
 
 
-def cached_attention(q_BxTxHxDh, kc_BxKxSxDh, vc_BxKxSxDh, qpos_BxT):
-    """Attention of new queries against the whole cache; key j is visible to a query at position p iff j <= p.
-
-    Keys beyond a row's own position (padding of a ragged prefill, stale entries) are never visible."""
+def cached_attention(q_BxTxHxDh, kc_BxKxSxDh, vc_BxKxSxDh, qpos_BxT, window=None):
+    """Attention of new queries against the whole cache; key j is visible to a query at position p iff j <= p
+    (and p - j <= window). Keys beyond a row's own position (padding of a ragged prefill, stale entries) are
+    never visible."""
     B, T, H, Dh = q_BxTxHxDh.shape
     K, S = kc_BxKxSxDh.shape[1], kc_BxKxSxDh.shape[2]
     q = q_BxTxHxDh.reshape(B, T, K, H // K, Dh) * (1.0 / math.sqrt(Dh))
-    visible_BxTxS = jnp.arange(S)[None, None, :] <= qpos_BxT[:, :, None]
+    back_BxTxS = qpos_BxT[:, :, None] - jnp.arange(S)[None, None, :]
+    visible_BxTxS = (back_BxTxS >= 0) & (back_BxTxS <= window) if window else back_BxTxS >= 0
     s = jnp.einsum("btkgd,bksd->bkgts", q, kc_BxKxSxDh, preferred_element_type=jnp.float32)
     s = jnp.where(visible_BxTxS[:, None, None], s, -1e30)
     p = jax.nn.softmax(s, axis=-1).astype(vc_BxKxSxDh.dtype)
@@ -202,11 +245,12 @@ def window_index(need, cache_len: int):
 
 
 def block(p: Params, x_BxTxD, cos, sin, cfg: ModelConfig, kv=None, pos_B=None, qpos_BxT=None, fresh: bool = False,
-          window_idx=None):
+          window_idx=None, window=None, ve_BxTxKD=None):
     """One block; returns (x, kv). With `kv` = this layer's caches [B,K,S,Dh], new keys/values are written at each
     row's position and attention reads the cache (when `fresh`, the chunk alone: the cache is empty). With
     `window_idx` (decode) it reads only the first `decode_windows(S)[window_idx]` keys, so a step costs what the
-    longest live row needs, not the allocated length (one branch per window in the compiled step)."""
+    longest live row needs, not the allocated length (one branch per window in the compiled step). `window`: this
+    layer's sliding window; `ve_BxTxKD`: its value embeddings, mixed into v by the gate `p["ve_gate"]`."""
     B, T, D = x_BxTxD.shape
     H, K, Dh = cfg.n_head, cfg.kv_heads, cfg.head_dim
     dt = x_BxTxD.dtype
@@ -221,15 +265,20 @@ def block(p: Params, x_BxTxD, cos, sin, cfg: ModelConfig, kv=None, pos_B=None, q
     q = checkpoint_name(constrain(q.reshape(B, T, H, Dh), heads), "q")
     k = checkpoint_name(constrain(k.reshape(B, T, K, Dh), heads), "k")
     v = checkpoint_name(constrain(v.reshape(B, T, K, Dh), heads), "v")
+    if ve_BxTxKD is not None:  # master: v += 3·sigmoid(W·h[:12]) per kv head · value embedding
+        gate_BxTxK = 3 * jax.nn.sigmoid(h[..., :VE_GATE] @ p["ve_gate"].astype(dt))
+        v = v + gate_BxTxK[..., None] * ve_BxTxKD.reshape(B, T, K, Dh)
     q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
     q, k = rms_norm(q), rms_norm(k)
+    if cfg.qk_scale != 1.0:  # master sharpens attention by 1.2 on each side
+        q, k = q * cfg.qk_scale, k * cfg.qk_scale
     if kv is None or fresh:
-        o = causal_attention(q, k, v, cfg)
+        o = causal_attention(q, k, v, cfg, window)
     if kv is not None:
         kc, vc = _write_rows(kv[0], k, pos_B), _write_rows(kv[1], v, pos_B)
         if not fresh:
             def attend(w):
-                return lambda: cached_attention(q, kc[:, :, :w], vc[:, :, :w], qpos_BxT)
+                return lambda: cached_attention(q, kc[:, :, :w], vc[:, :, :w], qpos_BxT, window)
 
             S = kc.shape[2]
             o = attend(S)() if window_idx is None else jax.lax.switch(window_idx, list(map(attend, decode_windows(S))))
@@ -290,7 +339,7 @@ _cast_in_place.defvjp(_cast_fwd, _cast_bwd)
 
 
 def fsdp_layer(body, layer_axes: dict, cfg: ModelConfig):
-    """A training layer `body(x, p) -> (x, None)` run per device over the batch axes (FSDP written out, as nanodo
+    """A training layer `body(x, p, *acts) -> (x, None)` run per device over the batch axes (FSDP written out, as nanodo
     does): each device gathers the layer's weights in the compute dtype and reduce-scatters its float32 gradients.
     Left to the partitioner, XLA:CPU all-reduced each layer's whole gradient (the `tensor` axis stays automatic)."""
     mesh = jax.sharding.get_abstract_mesh()
@@ -304,15 +353,15 @@ def fsdp_layer(body, layer_axes: dict, cfg: ModelConfig):
         keep = lambda e: tuple(a for a in ((e,) if isinstance(e, str) else e or ()) if a in axes) or None  # noqa
         return P(*[k[0] if k and len(k) == 1 else k for k in map(keep, spec)])
 
-    def wrapped(x, p):
+    def wrapped(x, p, *acts):  # acts: more [B, T, ·] activations (value embeddings), split like x
         specs = {k: manual(spec_for(layer_axes[k], v.shape, mesh)) for k, v in p.items()}
         x_spec = manual(spec_for(ACT, x.shape, mesh))
 
-        def local(x, p):
-            return body(x, {k: _gather(v, dt, specs[k]) for k, v in p.items()})[0]
+        def local(x, p, *acts):
+            return body(x, {k: _gather(v, dt, specs[k]) for k, v in p.items()}, *acts)[0]
 
-        return jax.shard_map(local, in_specs=(x_spec, specs), out_specs=x_spec, axis_names=set(axes),
-                             check_vma=False)(x, p), None
+        return jax.shard_map(local, in_specs=(x_spec, specs, *[x_spec] * len(acts)), out_specs=x_spec,
+                             axis_names=set(axes), check_vma=False)(x, p, *acts), None
 
     return wrapped
 
@@ -363,51 +412,77 @@ def _remat_policy(cfg: ModelConfig):
 def hidden_states(params: Params, tokens_BxT, cfg: ModelConfig, *, cache=None, lengths_B=None, fresh: bool = False,
                   window_idx=None):
     """Embedding → blocks → final norm: (h_BxTxD, new cache or None). With `cache` ({"k","v": L × [B,K,S,Dh],
-    "pos": [B]}) tokens land at each row's pos (rotary at pos + t) and the new cache has pos += lengths_B (default
-    T; right padding lands past the new pos and is overwritten later). `fresh`: the cache is empty (pos = 0)."""
+    "pos": [B], with smear "prev": [B, D]}) tokens land at each row's pos (rotary at pos + t) and the new cache has
+    pos += lengths_B (default T; right padding lands past the new pos and is overwritten later). `fresh`: the
+    cache is empty (pos = 0)."""
     dt = jnp.dtype(cfg.compute_dtype)
     B, T = tokens_BxT.shape
+    axes = param_axes(cfg)
     # pinned before the norm: the lookup's re-layout (wte is sharded on its width) then moves compute-dtype rows
-    wte = params["wte"] if cache is not None else placed(params["wte"], param_axes(cfg)["wte"], cfg)
-    x = rms_norm(constrain(wte.astype(dt)[tokens_BxT], ACT))
+    lookup = lambda name: params[name] if cache is not None else placed(params[name], axes[name], cfg)  # noqa: E731
+    x = rms_norm(constrain(lookup("wte").astype(dt)[tokens_BxT], ACT))
     blocks = params["blocks"]
     if cache is None:
         pos_BxT = jnp.arange(T)[None]  # shared by every row: one [1, T] table
     else:
         pos_BxT = cache["pos"][:, None] + jnp.arange(T)[None]
     cos, sin = rotary_tables(pos_BxT, cfg.head_dim, cfg.rope_theta)
+    lengths = jnp.full((B,), T, jnp.int32) if lengths_B is None else lengths_B.astype(jnp.int32)
+    new_cache = None if cache is None else {"pos": cache["pos"] + lengths}
+    if cfg.smear:  # master: + λ·sigmoid(W·x[:24]) · (previous token's embedding); the cache carries the last one
+        prev_Bx1xD = jnp.zeros_like(x[:, :1]) if cache is None else cache["prev"][:, None].astype(dt)
+        if cache is not None:
+            last = jnp.take_along_axis(x, (lengths - 1)[:, None, None], axis=1)[:, 0]
+            new_cache["prev"] = last.astype(cache["prev"].dtype)
+        gate_BxTx1 = params["smear_lambda"].astype(dt) * jax.nn.sigmoid(
+            x[..., :SMEAR_GATE] @ params["smear_gate"].astype(dt))
+        shifted = jnp.concatenate([prev_Bx1xD, x[:, :-1]], axis=1)
+        x = x + jnp.where(pos_BxT[..., None] > 0, gate_BxTx1 * shifted, 0)
+    x0 = x
+    ve_tables = lookup("value_embeds").astype(dt) if cfg.ve_layers else None
+    ve_of = {i: constrain(ve_tables[j][tokens_BxT], ACT) for j, i in enumerate(cfg.ve_layers)}
+    layers = None if cfg.scan_layers and cache is None else (
+        blocks if isinstance(blocks, (list, tuple)) else unstack_layers(blocks))
+    if layers is not None and cfg.ve_layers:  # each value-embedding layer's gate travels with its weights
+        layers = [{**p, "ve_gate": params["ve_gate"][cfg.ve_layers.index(i)]} if i in ve_of else p
+                  for i, p in enumerate(layers)]
 
-    new_cache = None
     if cache is None:  # training / scoring: optionally scanned and rematerialised
-        layer_axes = {k: ax[1:] for k, ax in param_axes(cfg)["blocks"].items()}
+        layer_axes = {**{k: ax[1:] for k, ax in axes["blocks"].items()}, "ve_gate": ("scalar", "scalar")}
 
-        def body(x, p):
-            return block(p, x, cos, sin, cfg)[0], None
+        def layer_fn(window):
+            def body(x, p, *ve):
+                return block(p, x, cos, sin, cfg, window=window, ve_BxTxKD=ve[0] if ve else None)[0], None
 
-        if not jax.sharding.get_abstract_mesh().empty:
-            body = fsdp_layer(body, layer_axes, cfg)
+            if not jax.sharding.get_abstract_mesh().empty:
+                body = fsdp_layer(body, layer_axes, cfg)
+            return jax.checkpoint(body, policy=_remat_policy(cfg)) if cfg.remat != "none" else body
 
-        if cfg.remat != "none":
-            body = jax.checkpoint(body, policy=_remat_policy(cfg))
-        if cfg.scan_layers:
-            x, _ = jax.lax.scan(body, x, blocks)
-        else:
-            for p in (blocks if isinstance(blocks, (list, tuple)) else unstack_layers(blocks)):
-                x, _ = body(x, p)
+        bodies = {w: layer_fn(w) for w in set(cfg.windows)}
     else:  # inference: one cache array per layer, updated in place, layers unrolled
-        layers = blocks if isinstance(blocks, (list, tuple)) else unstack_layers(blocks)
         ks, vs = list(cache["k"]), list(cache["v"])
-        for i, p in enumerate(layers):
+    if layers is None:
+        x, _ = jax.lax.scan(bodies[None], x, blocks)
+    for i, p in enumerate(layers or []):
+        if cfg.layer_lambdas:
+            x = params["resid_lambdas"][i].astype(dt) * x + params["x0_lambdas"][i].astype(dt) * x0
+        if cache is None:
+            x, _ = bodies[cfg.windows[i]](x, p, *([ve_of[i]] if i in ve_of else []))
+        else:
             x, (ks[i], vs[i]) = block(p, x, cos, sin, cfg, kv=(ks[i], vs[i]), pos_B=cache["pos"], qpos_BxT=pos_BxT,
-                                      fresh=fresh, window_idx=window_idx)
-        lengths = jnp.full((B,), T, jnp.int32) if lengths_B is None else lengths_B.astype(jnp.int32)
-        new_cache = {"k": ks, "v": vs, "pos": cache["pos"] + lengths}
+                                      fresh=fresh, window_idx=window_idx, window=cfg.windows[i], ve_BxTxKD=ve_of.get(i))
+        if cfg.backout and i == cfg.n_layer // 2:
+            x_mid = x
+    if cache is not None:
+        new_cache.update(k=ks, v=vs)
+    if cfg.backout:  # master: take the mid-depth residual back out before the head
+        x = x - params["backout_lambda"].astype(dt) * x_mid
     return rms_norm(x), new_cache
 
 
 def logits_from_hidden(params: Params, h_BxTxD, cfg: ModelConfig):
     logits = jnp.dot(h_BxTxD, params["lm_head"].astype(h_BxTxD.dtype), preferred_element_type=jnp.float32)
-    logits = constrain(logits, ("batch", "seq", "act_vocab"))
+    logits = constrain(logits, ("batch", "seq", "act_vocab"))[..., :cfg.vocab_size]  # padded rows never count
     return cfg.softcap * jnp.tanh(logits / cfg.softcap)
 
 
@@ -452,6 +527,9 @@ def _local_nll(h_BxTxD, t_BxT, w_DxV, cfg: ModelConfig, gather_axis=None, vocab_
         h, t = a[0].reshape(-1, D), a[1].reshape(-1)  # one [tokens, D] product (XLA:CPU: ~20% faster step)
         z = jnp.dot(h, w_DxV.astype(h.dtype), preferred_element_type=jnp.float32)
         z = cfg.softcap * jnp.tanh(z / cfg.softcap)
+        if cfg.padded_vocab != cfg.vocab_size:  # padded rows never count
+            col = jnp.arange(V) + (0 if vocab_axis is None else jax.lax.axis_index(vocab_axis) * V)
+            z = jnp.where(col < cfg.vocab_size, z, -jnp.inf)
         if vocab_axis is None:
             lse = jax.nn.logsumexp(z, axis=-1)
             gold = jnp.take_along_axis(z, jnp.maximum(t, 0)[..., None], axis=-1)[..., 0]
@@ -477,7 +555,8 @@ def _local_nll(h_BxTxD, t_BxT, w_DxV, cfg: ModelConfig, gather_axis=None, vocab_
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None):
-    """An empty KV cache pytree: {"k", "v": one zeros [B, K, S, Dh] array per layer, "pos": zeros [B] int32}.
+    """An empty KV cache pytree: {"k", "v": one zeros [B, K, S, Dh] array per layer, "pos": zeros [B] int32, and
+    with smear "prev": zeros [B, D], the last token's embedding}.
 
     Not one stacked [L, B, S, K, Dh] array, for decode speed: heads come before positions, so attention reads each
     head's keys as one contiguous [S, Dh] matrix (positions-major made XLA copy the whole cache into this
@@ -487,4 +566,5 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None):
     shape = (batch, cfg.kv_heads, max_len, cfg.head_dim)
     return {"k": [jnp.zeros(shape, dtype) for _ in range(cfg.n_layer)],
             "v": [jnp.zeros(shape, dtype) for _ in range(cfg.n_layer)],
-            "pos": jnp.zeros((batch,), jnp.int32)}
+            "pos": jnp.zeros((batch,), jnp.int32),
+            **({"prev": jnp.zeros((batch, cfg.n_embd), dtype)} if cfg.smear else {})}

@@ -33,6 +33,7 @@ class Rules:
         ("kv_heads", "tensor"),
         ("mlp", "tensor"),
         ("layers", None),
+        ("scalar", None),  # master's per-layer scalars and small gates: replicated
         ("ns_layers", ("data", "fsdp", "tensor")),  # Muon's Newton–Schulz: whole matrices, layers split
         ("cache_batch", ("data", "fsdp")),
         ("cache_seq", None),
@@ -151,7 +152,7 @@ def batch_sharding(mesh: Mesh, ndim: int = 2, rules: Rules = RULES, leading: int
 
 def cache_shardings(cache, mesh: Mesh, rules: Rules = RULES):
     axes = {"k": [CACHE_LAYER_AXES] * len(cache["k"]), "v": [CACHE_LAYER_AXES] * len(cache["v"]),
-            "pos": ("cache_batch",)}
+            "pos": ("cache_batch",), **({"prev": ("cache_batch", "act_embed")} if "prev" in cache else {})}
     return tree_shardings(axes, cache, mesh, rules)
 
 

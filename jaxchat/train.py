@@ -206,7 +206,7 @@ class Meter:
         if self.peak:
             perf["mfu"] = perf["flops_per_sec"] / (self.peak * self.setup.mesh.size)
         tc = self.setup.train_cfg
-        lr = lr_multiplier(step, self.n, tc.warmup_ratio, tc.warmdown_ratio, tc.final_lr_frac)
+        lr = lr_multiplier(step, self.n, tc.warmup_ratio, tc.warmdown_ratio, tc.final_lr_frac, tc.warmup_steps)
         self.log.write(kind="train", step=step, **metrics, ema_loss=self.ema / (1 - 0.9 ** (step + 1)), **perf,
                        lr_mult=float(lr), elapsed=self.elapsed, **info)
         timed = step - self.start

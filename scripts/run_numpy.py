@@ -151,6 +151,9 @@ def main(argv=None) -> int:
     tensors, meta = read_safetensors(args.model)
     if "jaxchat_shape" not in meta:
         sys.exit(f"{args.model}: no jaxchat_shape metadata (export it with jaxchat.interop.export_safetensors)")
+    if extra := sorted(k for k in tensors if k not in ("wte", "lm_head") and not k.startswith("blocks.")):
+        sys.exit(f"{args.model}: nanochat master's architecture ({', '.join(extra)}): this runner knows V1's only; "
+                 "run it with jaxchat (python -m scripts.convert from-safetensors, then chat_cli)")
     model = NumpyGPT(tensors, json.loads(meta["jaxchat_shape"]))
     special = json.loads(meta.get("special_tokens", "{}"))
     stop = tuple(special[s] for s in ("<|assistant_end|>", "<|bos|>") if s in special)

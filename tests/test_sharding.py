@@ -102,14 +102,21 @@ def test_params_are_created_sharded():
     assert {s.data.shape for s in wte.addressable_shards} == {(CFG.vocab_size, CFG.n_embd // 8)}
 
 
-@pytest.mark.parametrize("mesh_cfg", [MeshConfig(fsdp=8), MeshConfig(data=2, fsdp=2, tensor=2)], ids=["fsdp8", "fsdp2_tensor2"])
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_per_device_loss_and_fsdp_layers_match_single_device(mesh_cfg, dtype):
+FSDP8, MIXED = MeshConfig(fsdp=8), MeshConfig(data=2, fsdp=2, tensor=2)
+MASTER = dict(value_embeds=True, layer_lambdas=True, smear=True, backout=True, window_pattern="SSSL", qk_scale=1.2,
+              vocab_multiple=64, init="master")  # nanochat master's switches (the padded vocab split over tensor)
+
+
+@pytest.mark.parametrize("mesh_cfg,dtype,arch", [(FSDP8, "float32", {}), (FSDP8, "bfloat16", {}),
+                                                 (MIXED, "float32", {}), (MIXED, "bfloat16", {}),
+                                                 (MIXED, "float32", MASTER)],
+                         ids=["fsdp8", "fsdp8-bf16", "fsdp2_tensor2", "fsdp2_tensor2-bf16", "fsdp2_tensor2-master"])
+def test_per_device_loss_and_fsdp_layers_match_single_device(mesh_cfg, dtype, arch):
     """Under the mesh the loss head runs per device over chunks along T (vocabulary split over `tensor`) and the
     layers gather weights / reduce-scatter gradients by hand: loss and gradients equal one device's."""
     import dataclasses
 
-    cfg = dataclasses.replace(CFG, loss_chunk=32, compute_dtype=dtype)  # 8 rows x 4 positions a chunk
+    cfg = dataclasses.replace(CFG, loss_chunk=32, compute_dtype=dtype, **arch)  # 8 rows x 4 positions a chunk
     tol = dict(rtol=1e-5, atol=1e-6) if dtype == "float32" else dict(rtol=0.05, atol=2e-3)
     seq = np.random.default_rng(0).integers(0, CFG.vocab_size, (1, 8, CFG.max_seq_len + 1), dtype=np.int32)
     batch = {"inputs": seq[..., :-1], "targets": seq[..., 1:]}
@@ -117,9 +124,10 @@ def test_per_device_loss_and_fsdp_layers_match_single_device(mesh_cfg, dtype):
     rng = np.random.default_rng(1)  # every weight non-zero (nanochat zero-inits the head and projections)
     params = jax.tree.map(lambda x: (x + 0.05 * rng.standard_normal(x.shape)).astype(np.float32),
                           jax.device_get(gpt.init_params(cfg, jax.random.key(0))))
-    one = train.create_train_state(cfg, TC, shd.make_mesh(MeshConfig(fsdp=1), jax.devices()[:1]), 10, params=params)
+    tc = dataclasses.replace(TC, optimizer="master" if arch else "v1")
+    one = train.create_train_state(cfg, tc, shd.make_mesh(MeshConfig(fsdp=1), jax.devices()[:1]), 10, params=params)
     ref_loss, _, ref_grads = fn(one.state["params"], train.put_batch(one, batch))
-    setup = train.create_train_state(cfg, TC, shd.make_mesh(mesh_cfg), 10, params=params)
+    setup = train.create_train_state(cfg, tc, shd.make_mesh(mesh_cfg), 10, params=params)
     assert all(np.abs(g).max() > 0 for g in jax.tree.leaves(jax.device_get(ref_grads)))
     loss, _, grads = shd.in_mesh(setup.mesh, fn)(setup.state["params"], train.put_batch(setup, batch))
     np.testing.assert_allclose(float(loss), float(ref_loss), **tol)
