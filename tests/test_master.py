@@ -138,3 +138,14 @@ def test_master_checkpoint_converts_chats_and_exports_back(tmp_path, monkeypatch
     assert convert.main(["to-nanochat", "--source=sft", "--model_tag=m", "--out", str(tmp_path / "back")]) == 0
     orig, back = (torch.load(d / "model_000300.pt", weights_only=True) for d in (nano, tmp_path / "back"))
     assert sorted(back) == sorted(orig) and all(torch.equal(back[k], v) for k, v in orig.items())
+
+
+def test_our_window_mask_is_what_the_cudnn_path_asks_for():
+    """On GPU the windows go to `jax.nn.dot_product_attention(local_window_size=(w, 0))`; its reference (XLA)
+    implementation of that argument equals our masked attention: the same keys p-w..p."""
+    q, k, v = (jax.random.normal(jax.random.key(i), (2, 300, 2, 16)) for i in range(3))
+    mc = C.ModelConfig(attn_impl="xla")
+    for w in (128, 40):
+        want = jax.nn.dot_product_attention(q, k, v, is_causal=True, local_window_size=(w, 0), implementation="xla")
+        np.testing.assert_allclose(gpt.causal_attention(q, k, v, mc, w), want, atol=2e-5)
+    assert np.abs(gpt.causal_attention(q, k, v, mc, 40) - gpt.causal_attention(q, k, v, mc)).max() > 1e-2
