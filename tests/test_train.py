@@ -1,10 +1,13 @@
 """The pure train step: a tiny model learns; accumulation and masking are exact; horizon/batch arithmetic; the loop's
 schedule, log records and exact resume."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxchat import config as C
 from jaxchat import model as gpt
 from jaxchat import sharding as shd
 from jaxchat import train
@@ -109,9 +112,13 @@ def test_peak_flops_lookup_is_per_device_kind():
     assert train.device_peak_flops(jax.devices()[0]) is None  # CPU: MFU is not reported rather than guessed
 
 
-def test_loop_schedule_log_and_exact_resume(tmp_path):
+@pytest.mark.parametrize("master", [False, True], ids=["v1", "master"])
+def test_loop_schedule_log_and_exact_resume(tmp_path, master):
     """next_batch(step, state) feeds the step (its "info" logged with it); evaluation every eval_every steps and
-    at the end; a resumed run continues from the checkpoint with the very same losses."""
+    at the end; a resumed run continues from the checkpoint with the very same losses (V1's optimizer state and
+    master's: model switches of configs/master.toml, its MuonAdamW)."""
+    cfg = dataclasses.replace(CFG, **{k: v for k, v in C.load_preset("master")["model"].items()
+                                      if k not in ("depth", "vocab_size", "max_seq_len")}) if master else CFG
     seqs = np.random.default_rng(3).integers(0, CFG.vocab_size, (4, 1, 2, CFG.max_seq_len + 1), dtype=np.int32)
     next_batch = lambda step, state: {"inputs": seqs[step, ..., :-1], "targets": seqs[step, ..., 1:],  # noqa: E731
                                       "info": {"reward": float(step)}}
@@ -119,8 +126,9 @@ def test_loop_schedule_log_and_exact_resume(tmp_path):
 
     def run(resume):
         ck, log = Checkpoints(tmp_path / "ck", keep=5), JsonlLog(tmp_path / "log.jsonl")
-        tc = TrainConfig(num_iterations=4, eval_every=3, save_every=2, resume=resume)
-        _, summary = train.run(make(tc=tc), next_batch, name="t", ck=ck, log=log, evaluate=evaluate, show=("reward",))
+        tc = TrainConfig(num_iterations=4, eval_every=3, save_every=2, resume=resume,
+                         optimizer="master" if master else "v1")
+        _, summary = train.run(make(cfg, tc=tc), next_batch, name="t", ck=ck, log=log, evaluate=evaluate, show=("reward",))
         ck.close()
         return summary, read_jsonl(log.path)
 
