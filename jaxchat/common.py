@@ -13,6 +13,7 @@ def base_dir() -> Path:
 
     tokenizer/            trained tokenizer (+ token byte lengths)
     base_data/            FineWeb-edu parquet shards (online presets)
+    base_data_climbmix/   ClimbMix parquet shards (the speedrun presets)
     base_checkpoints/<tag>/ mid_checkpoints/<tag>/ chatsft_checkpoints/<tag>/ chatrl_checkpoints/<tag>/
     report/               per-stage report sections, plots, report.md
     """

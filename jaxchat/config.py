@@ -1,7 +1,7 @@
 """Configuration: frozen dataclasses, TOML presets in `configs/`, `--key=value` overrides on top.
 
 A preset file (`configs/<name>.toml`) has one table per config section (`[model]`, `[mesh]`, `[base]`,
-`[mid]`, `[sft]`, `[rl]`, `[eval]`, `[tokenizer]`) and may start with `extends = "<other preset>"`.
+`[mid]`, `[sft]`, `[rl]`, `[eval]`, `[tokenizer]`, `[pipeline]`) and may start with `extends = "<other preset>"`.
 A script asks for the sections it uses; every field of those sections becomes a CLI flag with nanochat's
 key names (`--depth=20`, `--device_batch_size=16`, ...). An unknown key is an error naming the valid keys;
 a value of the wrong type is an error naming the key and the expected type. `--section.key=value`
@@ -57,6 +57,7 @@ class ModelConfig:
     qk_scale: float = 1.0  # q and k × this after QK-norm (master: 1.2)
     vocab_multiple: int = 1  # wte / lm_head rows padded to a multiple of this (master: 64); never predicted
     init: str = "v1"  # "v1" | "master" (uniform matrices, wte std 0.8, lm_head std 0.001, c_fc × 0.4)
+    round_width: bool = False  # master: width = aspect_ratio·depth rounded up to head_dim_target (odd depths)
     # Numerics and implementation knobs (do not change the function the model computes).
     compute_dtype: str = "float32"  # "bfloat16" on GPU; params are always float32 (master weights)
     attn_impl: str = "xla"  # "xla" | "cudnn" | "auto" (cudnn on GPU, xla elsewhere)
@@ -85,7 +86,8 @@ class ModelConfig:
 
     @property
     def n_embd(self) -> int:
-        return self.depth * self.aspect_ratio
+        w = self.depth * self.aspect_ratio
+        return -(-w // self.head_dim_target) * self.head_dim_target if self.round_width else w
 
     @property
     def n_head(self) -> int:
@@ -180,11 +182,13 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class BaseConfig(TrainConfig):
-    source: str = "embedded"  # "embedded" | "fineweb" | a path to your own .txt/.jsonl/.parquet files
+    source: str = "embedded"  # "embedded" | "fineweb" | "climbmix" | a path to your own .txt/.jsonl/.parquet files
     packing: str = "concat"  # "concat" (nanochat V1) | "bos_bestfit" (every row starts with BOS)
     model_tag: str = ""  # checkpoint folder name; default "d<depth>"
     core_metric_every: int = -1  # CORE every n steps and at the last step (> 0); -1 = never ([eval] core_bundle)
     core_max_per_task: int = 500  # CORE examples per task during training
+    depth_dial: bool = False  # master's scaling from depth: batch, horizon (ratio × matrices + lm_head), LR, wd
+    gpt2_core: float = 0.256525  # time to GPT-2: the CORE of GPT-2 1.6B (the report's threshold)
 
 
 @dataclass(frozen=True)
@@ -215,6 +219,14 @@ class SFTConfig(TrainConfig):
     eval_metrics_every: int = 200
     eval_metrics_max_problems: int = 1024
     save_optimizer: bool = False
+    mixture: str = "v1"  # "v1" | "master": SmolTalk + MMLU ×3 + GSM8K ×4 (offline: see jaxchat.tasks.sft_mixture)
+    # nanochat master's SFT: the source run's LRs, batch (device_batch_size, total_batch_size; the command line may
+    # override them) and optimizer state; conversations packed into rows of max_seq_len tokens (not one per row)
+    inherit: bool = False
+
+    def __post_init__(self):
+        super().__post_init__()
+        _choice(self, "mixture", "v1", "master")
 
 
 @dataclass(frozen=True)
@@ -262,6 +274,13 @@ class TokenizerConfig:
     digit_group: int = 2  # digits per number token: 2 = nanochat's \p{N}{1,2}, 1 = one token per digit
 
 
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Stages `run_all.sh` may leave out (read by scripts/pipeline.sh); midtraining runs when [sft] source = "mid"."""
+
+    rl: bool = True  # chat RL and its chat evaluation (nanochat master keeps chat_rl.py; its speedrun skips it)
+
+
 SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "mesh": MeshConfig,
@@ -272,6 +291,7 @@ SECTIONS: dict[str, type] = {
     "rl": RLConfig,
     "eval": EvalConfig,
     "tokenizer": TokenizerConfig,
+    "pipeline": PipelineConfig,
 }
 
 

@@ -1,9 +1,10 @@
-"""Pretraining text sources: the embedded offline corpus, FineWeb-edu shards, and a user's own files.
+"""Pretraining text sources: the embedded offline corpus, FineWeb-edu or ClimbMix shards, and a user's own files.
 
 `document_blocks(source, split)` is a lazy, picklable random-access sequence of blocks (lists of documents) that
 data.py shuffles and tokenizes; `iter_documents` walks them in order (tokenizer training). A source is "embedded"
 (CPython's stdlib, the chitchat-dataset package and the installed Debian python/perl/linux docs;
-"embedded:stdlib,chitchat" names components), "fineweb" (`python -m jaxchat.corpus download -n 8`), or a path.
+"embedded:stdlib,chitchat" names components), "fineweb" or "climbmix" (nanochat master's data: `python -m
+jaxchat.corpus download --source climbmix -n 8`), or a path.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import sys
 import sysconfig
 import time
 import urllib.request
-from collections import Counter
+from collections import Counter, namedtuple
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -33,8 +34,6 @@ from tqdm import tqdm
 from jaxchat import config as C
 from jaxchat.common import base_dir, print0
 
-DEFAULT_URL = "https://huggingface.co/datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main/"
-NUM_FINEWEB_SHARDS = 1823  # shard_00000.parquet ... shard_01822.parquet
 DOWNLOAD_MARKER = "download_complete.json"  # {"num_shards": N}: shards 0..N-1 were all downloaded
 SPLITS = ("train", "val")
 VAL_FRACTION = 0.02
@@ -96,13 +95,14 @@ class DocumentBlocks(Sequence):
         self.source, self.split = os.fspath(source), split
         if self.source.split(":")[0] == "embedded":
             self._build = functools.partial(_split_blocks, _embedded_groups, _embedded_roots(self.source), split)
-        elif self.source == "fineweb":  # listed now: see list_fineweb_shards
-            self._build = functools.partial(_fineweb_specs, _fineweb_split(data_dir, split))
+        elif self.source in SHARD_SETS:  # listed now: see list_shards
+            self._build = functools.partial(_shard_specs, _shard_split(self.source, data_dir, split))
         elif (path := Path(self.source).expanduser()).exists():
             self._build = functools.partial(_split_blocks, _user_groups, path, split)
         else:
             raise CorpusError(f"corpus path {str(path)!r} does not exist. A source is 'embedded[:<components>]', "
-                              f"'fineweb', or a path to a {'/'.join(USER_EXTENSIONS)} file or a directory of them")
+                              f"'fineweb', 'climbmix', or a path to a {'/'.join(USER_EXTENSIONS)} file or a "
+                              "directory of them")
 
     @functools.cached_property
     def specs(self) -> list[tuple]:
@@ -311,47 +311,79 @@ def _user_groups(path: Path) -> list[tuple]:
     return groups
 
 
-# FineWeb-edu shards
-def fineweb_dir(data_dir=None) -> Path:
-    return Path(data_dir).expanduser() if data_dir is not None else base_dir() / "base_data"
+# Pretraining shard sets: nanochat's shuffled parquet shards (~250M chars each, 1,024-document row groups, "text").
+# title, URL, directory under base_dir(), files (shard_00000 ...), val pinned (nanochat master: `-n N` is N train
+# shards plus the last shard, always val), chars per token (nanochat's tokenizer; sizes downloads).
+ShardSet = namedtuple("ShardSet", "title url dirname files val_pinned chars_per_token")
+_HF = "https://huggingface.co/datasets/karpathy/{}/resolve/main/"
+SHARD_SETS = {
+    "fineweb": ShardSet("FineWeb-edu", _HF.format("fineweb-edu-100b-shuffle"), "base_data", 1823, False, 4.8),
+    # 6,543 shards of 250M chars hold ClimbMix's 400B GPT-2 tokens: 4.1 chars a token
+    "climbmix": ShardSet("ClimbMix", _HF.format("climbmix-400b-shuffle"), "base_data_climbmix", 6543, True, 4.1),
+}
+BESTFIT_CROPPED = 0.35  # the share of tokens bos_bestfit packing drops at T=2048 (nanochat master's figure)
+
+
+def _shard_set(source: str) -> ShardSet:
+    if source not in SHARD_SETS:
+        raise CorpusError(f"unknown shard set {source!r}; choose from {', '.join(SHARD_SETS)}")
+    return SHARD_SETS[source]
+
+
+def shard_dir(source: str = "fineweb", data_dir=None) -> Path:
+    return Path(data_dir).expanduser() if data_dir is not None else base_dir() / _shard_set(source).dirname
 
 
 def shard_name(index: int) -> str:
     return f"shard_{index:05d}.parquet"
 
 
-def downloaded_shards(data_dir=None) -> int | None:
+def max_train_shards(source: str = "fineweb") -> int:
+    """What `download -n -1` means: every shard (FineWeb: the last is val) or every train shard (ClimbMix)."""
+    s = _shard_set(source)
+    return s.files - s.val_pinned
+
+
+def shard_names(source: str, num_shards: int) -> list[str]:
+    """The shards a download of `num_shards` fetches: the first N, and the pinned val shard."""
+    s = _shard_set(source)
+    return [shard_name(i) for i in range(num_shards)] + [shard_name(s.files - 1)] * s.val_pinned
+
+
+def downloaded_shards(source: str = "fineweb", data_dir=None) -> int | None:
     """How many shards the download's completion marker vouches for (None: no marker)."""
     with contextlib.suppress(FileNotFoundError):
-        return int(json.loads((fineweb_dir(data_dir) / DOWNLOAD_MARKER).read_text())["num_shards"])
+        return int(json.loads((shard_dir(source, data_dir) / DOWNLOAD_MARKER).read_text())["num_shards"])
 
 
-def list_fineweb_shards(data_dir=None) -> list[Path]:
+def list_shards(source: str = "fineweb", data_dir=None) -> list[Path]:
     """Shards on disk, sorted; with a completion marker those it vouches for (all hosts list the same set)."""
-    d, done = fineweb_dir(data_dir), downloaded_shards(data_dir)
-    shards = sorted(d.glob("*.parquet")) if done is None else [d / shard_name(i) for i in range(done)]
+    d, done = shard_dir(source, data_dir), downloaded_shards(source, data_dir)
+    shards = sorted(d.glob("*.parquet")) if done is None else [d / n for n in shard_names(source, done)]
     return [p for p in shards if p.is_file()]
 
 
-def wait_for_download(num_shards: int, *, data_dir=None, timeout: float = 6 * 3600, poll: float = 5.0) -> None:
+def wait_for_download(num_shards: int, *, source: str = "fineweb", data_dir=None, timeout: float = 6 * 3600,
+                      poll: float = 5.0) -> None:
     """Block until the completion marker vouches for `num_shards` (-1: all): other hosts wait for process 0's."""
-    num_shards = NUM_FINEWEB_SHARDS if num_shards == -1 else num_shards
-    d, t0 = fineweb_dir(data_dir), time.time()
-    while (downloaded_shards(d) or 0) < num_shards:
+    num_shards = max_train_shards(source) if num_shards == -1 else num_shards
+    d, t0 = shard_dir(source, data_dir), time.time()
+    while (downloaded_shards(source, d) or 0) < num_shards:
         if time.time() - t0 > timeout:
             raise CorpusError(f"waited {timeout:.0f} s for {d / DOWNLOAD_MARKER} to vouch for {num_shards} shards "
-                              f"(it says {downloaded_shards(d)}): did process 0's download fail, or is {d} not on "
-                              "a filesystem every host shares (set JAXCHAT_BASE_DIR to one)?")
+                              f"(it says {downloaded_shards(source, d)}): did process 0's download fail, or is {d} "
+                              "not on a filesystem every host shares (set JAXCHAT_BASE_DIR to one)?")
         time.sleep(poll)
 
 
-def _fineweb_split(data_dir, split: str) -> list[Path]:
-    """nanochat's split: the last shard present is val, all others train (so training needs two)."""
-    d, shards, need = fineweb_dir(data_dir), list_fineweb_shards(data_dir), 2 if split == "train" else 1
+def _shard_split(source: str, data_dir, split: str) -> list[Path]:
+    """nanochat's split: the last shard present is val (ClimbMix: shard_06542), all others train."""
+    d, shards, need = shard_dir(source, data_dir), list_shards(source, data_dir), 2 if split == "train" else 1
     if len(shards) < need:
-        raise CorpusError(f"{len(shards)} FineWeb-edu shard(s) in {d}, {split} needs at least {need} (the last "
-                          f"shard present is the val split, the others train); run `python -m jaxchat.corpus "
-                          f"download -n 8{'' if data_dir is None else f' --data-dir {d}'}` (needs network)")
+        raise CorpusError(f"{len(shards)} {SHARD_SETS[source].title} shard(s) in {d}, {split} needs at least {need} "
+                          f"(the last shard present is the val split, the others train); run `python -m jaxchat."
+                          f"corpus download --source {source} -n 8{'' if data_dir is None else f' --data-dir {d}'}` "
+                          f"(needs network), or copy its {shard_name(0)}... files there")
     return shards[-1:] if split == "val" else shards[:-1]
 
 
@@ -363,18 +395,20 @@ def _row_groups(path: Path) -> list[int]:
         return [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)]
 
 
-def _fineweb_specs(shards: list[Path]) -> list[tuple]:
+def _shard_specs(shards: list[Path]) -> list[tuple]:
     """One block per row group (1,024 documents), in (shard, row group) order: the shards are already shuffled."""
     return [("rowgroup", p.name, str(p), g, None) for p in shards for g in range(len(_row_groups(p)))]
 
 
-def download_fineweb(num_shards: int, *, data_dir=None, workers: int = 4, base_url: str = DEFAULT_URL,
-                     retries: int = 5, backoff: float = 2.0, progress: bool = True) -> list[Path]:
-    """Download shards 0 .. num_shards-1 (-1: all) on threads, skipping those present, then write the marker."""
-    num_shards = NUM_FINEWEB_SHARDS if num_shards == -1 else num_shards
-    if not 1 <= num_shards <= NUM_FINEWEB_SHARDS:
-        raise CorpusError(f"num_shards must be in 1..{NUM_FINEWEB_SHARDS} (or -1 for all), got {num_shards}")
-    d = fineweb_dir(data_dir)
+def download_shards(source: str, num_shards: int, *, data_dir=None, workers: int = 4, base_url: str | None = None,
+                    retries: int = 5, backoff: float = 2.0, progress: bool = True) -> list[Path]:
+    """Download shards 0 .. num_shards-1 (-1: all) and a pinned val shard on threads, skipping those present,
+    then write the marker."""
+    s, top = _shard_set(source), max_train_shards(source)
+    num_shards = top if num_shards == -1 else num_shards
+    if not 1 <= num_shards <= top:
+        raise CorpusError(f"num_shards must be in 1..{top} (or -1 for all), got {num_shards}")
+    d, base_url = shard_dir(source, data_dir), base_url or s.url
     d.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(OSError):  # temporary files of a download killed an hour ago or more
         for p in d.glob("shard_*.parquet.*.tmp"):
@@ -403,56 +437,67 @@ def download_fineweb(num_shards: int, *, data_dir=None, workers: int = 4, base_u
                 tmp.unlink(missing_ok=True)
         return f"could not download {url}: {err}"
 
-    todo = [name for name in map(shard_name, range(num_shards)) if not (d / name).exists()]
+    names = shard_names(source, num_shards)
+    todo = [name for name in names if not (d / name).exists()]
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        errors = [e for e in tqdm(pool.map(fetch, todo), total=num_shards, initial=num_shards - len(todo),
-                                  unit="shard", desc="fineweb-edu", disable=not progress) if e]
+        errors = [e for e in tqdm(pool.map(fetch, todo), total=len(names), initial=len(names) - len(todo),
+                                  unit="shard", desc=source, disable=not progress) if e]
     if errors:
-        raise CorpusError(f"{len(errors)} of {num_shards} shard(s) failed:\n  " + "\n  ".join(errors))
-    if num_shards > (downloaded_shards(d) or 0):  # written last and atomically: readers never see a partial one
+        raise CorpusError(f"{len(errors)} of {len(names)} shard(s) failed (offline? the shards come from "
+                          f"{base_url}; or copy them into {d} by other means):\n  " + "\n  ".join(errors))
+    if num_shards > (downloaded_shards(source, d) or 0):  # written last and atomically: never a partial one
         tmp = d / f"{DOWNLOAD_MARKER}.{os.getpid()}.tmp"
         tmp.write_text(json.dumps({"num_shards": num_shards}) + "\n")
         os.replace(tmp, d / DOWNLOAD_MARKER)
-    return [d / shard_name(i) for i in range(num_shards)]
+    return [d / name for name in names]
 
 
-def shards_for_chars(max_chars: float, kept: float = 0.8) -> int:
-    """FineWeb-edu shards whose train split (all but the last; ~250M chars a shard) holds `max_chars` chars of which
-    `kept` survive the tokenizer's 10,000-char doc_cap (d20's 2B -> 11, d32's 4B -> 21; erring high costs seconds)."""
-    return min(NUM_FINEWEB_SHARDS, math.ceil(max_chars / (250e6 * kept)) + 1)
+def shards_for_chars(max_chars: float, kept: float = 0.8, source: str = "fineweb") -> int:
+    """Train shards (~250M chars each) holding `max_chars` chars of which `kept` survive the tokenizer's 10,000-char
+    doc_cap, plus FineWeb's val shard (the last downloaded; d20's 2B -> 11, d32's 4B -> 21; erring high costs
+    seconds). ClimbMix's val shard comes on top of N (nanochat master's `-n 8` for 2B chars)."""
+    return min(max_train_shards(source), math.ceil(max_chars / (250e6 * kept)) + (not SHARD_SETS[source].val_pinned))
 
 
 def shards_needed(preset: str) -> int:
-    """FineWeb-edu shards a preset's base training reads (nanochat: ~4.8 chars per token), with 10% headroom."""
+    """Shards of its shard set (FineWeb when its source is not one) a preset's base training reads, with 10%
+    headroom; bos_bestfit packing drops ~35% of the tokens it reads (d24 on ClimbMix: ~150, master's count)."""
     from jaxchat import train  # start-up time: train imports jax, which nothing else here needs
 
     cfg = C.load(["model", "base"], [f"--preset={preset}"])
-    n, _ = train.horizon(cfg.model, cfg.base, cfg.base.total_batch_size)
-    return shards_for_chars(1.1 * (n * cfg.base.total_batch_size) * 4.8, kept=1.0)
+    source = cfg.base.source if cfg.base.source in SHARD_SETS else "fineweb"
+    tc, _ = train.depth_dial(cfg.model, cfg.base)  # a speedrun-style preset's batch comes from its depth
+    n, _ = train.horizon(cfg.model, tc, tc.total_batch_size)
+    tokens = n * tc.total_batch_size / (1 - BESTFIT_CROPPED * (tc.packing == "bos_bestfit"))
+    return shards_for_chars(1.1 * tokens * SHARD_SETS[source].chars_per_token, kept=1.0, source=source)
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m jaxchat.corpus", description="FineWeb-edu shards; corpus sources")
+    ap = argparse.ArgumentParser(prog="python -m jaxchat.corpus", description="Pretraining shards; corpus sources")
     ap.add_argument("cmd", choices=["download", "wait", "describe"])
-    ap.add_argument("-n", "--num-shards", type=int, default=8, help=f"first N shards (-1: all {NUM_FINEWEB_SHARDS})")
-    ap.add_argument("--data-dir", default=None, help="FineWeb-edu shards (default: $JAXCHAT_BASE_DIR/base_data)")
+    ap.add_argument("--source", default=None, help="download/wait: a shard set, " + " or ".join(SHARD_SETS) +
+                    " (default fineweb); describe: the source (default embedded)")
+    ap.add_argument("-n", "--num-shards", type=int, default=8,
+                    help="download/wait: the first N shards (-1: all; ClimbMix: N train shards and its val shard)")
+    ap.add_argument("--data-dir", default=None, help="the shards (default: $JAXCHAT_BASE_DIR/<base_data or "
+                                                     "base_data_climbmix>)")
     ap.add_argument("--workers", type=int, default=4, help="download: parallel downloads")
     ap.add_argument("--retries", type=int, default=5, help="download: retries per shard")
-    ap.add_argument("--base-url", default=DEFAULT_URL, help="download: where the shards are")
+    ap.add_argument("--base-url", default=None, help="download: where the shards are (default: the shard set's)")
     ap.add_argument("--timeout", type=float, default=6 * 3600, help="wait: give up after this many seconds")
-    ap.add_argument("--source", default="embedded", help="describe: the source")
     ap.add_argument("--split", choices=["train", "val", "both"], default="both", help="describe: the split(s)")
     ap.add_argument("--json", action="store_true", help="describe: print JSON instead of a table")
     args = ap.parse_args(argv)
     try:
         if args.cmd == "download":
-            paths = download_fineweb(args.num_shards, data_dir=args.data_dir, workers=args.workers,
-                                     base_url=args.base_url, retries=args.retries)
+            paths = download_shards(args.source or "fineweb", args.num_shards, data_dir=args.data_dir,
+                                    workers=args.workers, base_url=args.base_url, retries=args.retries)
             print0(f"{len(paths)} shards in {paths[0].parent}")
         elif args.cmd == "wait":
-            wait_for_download(args.num_shards, data_dir=args.data_dir, timeout=args.timeout)
+            wait_for_download(args.num_shards, source=args.source or "fineweb", data_dir=args.data_dir,
+                              timeout=args.timeout)
         else:
-            descs = [describe_source(args.source, s, data_dir=args.data_dir)
+            descs = [describe_source(args.source or "embedded", s, data_dir=args.data_dir)
                      for s in (SPLITS if args.split == "both" else (args.split,))]
             if args.json:
                 print0(json.dumps(descs, indent=2))

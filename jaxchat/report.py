@@ -198,10 +198,13 @@ def render_section(slug: str, data: dict, start: float | None) -> list[str]:
             texts += [(f"samples: {p}", s) for p, s in v.items()]
         elif k in ("tasks", "rows") and v:  # {task: record} (CORE, chat evaluations), [record] (tok_eval)
             tables.append((k, list(v.items()) if isinstance(v, dict) else [(None, x) for x in v]))
+        elif k == "core_history" and v:  # base_train's [[step, training seconds, CORE]]
+            tables.append((k, [(None, {"step": s, "train_time_s": t, "core": c}) for s, t, c in v]))
         elif k not in ("section", "time"):
             figures += [(f"{k}.{kk}", fmt_value(x, kk)) for kk, x in v.items()] if isinstance(v, dict) else [
                 (k, fmt_value(v, k))]
-    lines = [f"### {SECTIONS[slug][0]}", "", f"_{meta}_", ""] + md_table(["figure", "value"], figures)
+    lines = [f"### {SECTIONS[slug][0]}", "", f"_{meta}_", ""] + _time_to_gpt2(data)
+    lines += md_table(["figure", "value"], figures)
     for name, items in tables:
         body, cols = [], [c for c in dict.fromkeys(c for _, rec in items for c in rec)
                           if any(rec.get(c) != label for label, rec in items)]  # not a copy of the row's name
@@ -216,6 +219,17 @@ def render_section(slug: str, data: dict, start: float | None) -> list[str]:
         more = f" (first 16 of {len(texts)})" if len(texts) > 16 else ""
         lines += [f"**texts**{more}", ""] + md_table(["where", "text"], [(w, t[:300]) for w, t in texts[:16]])
     return lines
+
+
+def _time_to_gpt2(data: dict) -> list[str]:
+    """Base training with CORE evaluations: the final CORE against GPT-2's, when CORE first reached it, the time."""
+    if (bar := data.get("gpt2_core")) is None:
+        return []
+    step = next((s for s, _, c in data.get("core_history", []) if c >= bar), None)
+    when = "not reached" if step is None else (
+        f"reached after **{fmt_seconds(data['time_to_gpt2_s'])}** of training (step {step:,})")
+    return [f"**Time to GPT-2**: final CORE {fmt(data.get('core_metric'))} against GPT-2 (1.6B)'s {bar:g}: {when}; "
+            f"training time {fmt_seconds(data.get('train_time_s'))} (steps only: evaluations excluded).", ""]
 
 
 def _line(log: dict, kind: str, key: str, **kw) -> tuple[list, list, dict]:

@@ -2,19 +2,24 @@
 logs, and `finish`: the summary, checked against SECTIONS, to `report/<section>.json` (report input, "done" marker)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 from jax._src import distributed  # the coordination service's state (orbax reads it the same way)
+from optax.contrib import MuonState
 
 from jaxchat import config as C
 from jaxchat import sharding as shd
-from jaxchat.checkpoint import STAGE_DIRS, load_model
+from jaxchat.checkpoint import STAGE_DIRS, Checkpoints, abstract_like, find_model_dir, load_model
 from jaxchat.common import JsonlLog, base_dir, print0, report_dir
 from jaxchat.engine import Engine
 from jaxchat.tokenizer import Tokenizer
@@ -53,7 +58,8 @@ SECTIONS = {
     "core-evaluation-rl": ("CORE evaluation: rl", CORE),
     "chat-evaluation-rl": ("Chat evaluation: rl", CHAT),
 }
-OPTIONAL = {"base-model-training": "core_metric core_tasks_run", "chat-sft": "mmlu_acc arc_easy_acc",
+OPTIONAL = {"base-model-training": "core_metric core_tasks_run core_history gpt2_core time_to_gpt2_s",
+            "chat-sft": "mmlu_acc arc_easy_acc",
             "chat-rl": " ".join(f"pass@{k}" for k in range(2, 9))}
 
 
@@ -127,12 +133,65 @@ def load_source(stage_name: str, model_tag: str, ctx: Context, step: int = -1):
 
 def start_finetune(section: str, argv):
     """mid/SFT/RL's opening: config ([mesh] + `section`, --source_step), the mesh, the tokenizer, and the source
-    stage's checkpoint. Returns (cfg, ctx, section cfg, tokenizer, params, model cfg, source meta)."""
+    stage's checkpoint (with `inherit`, its batch and LRs too: `inherit_settings`). Returns (cfg, ctx, section cfg,
+    tokenizer, params, model cfg, source meta)."""
     cfg = C.load(["mesh", section], argv, extra={"source_step": -1})
     ctx = init(cfg.mesh, training=True)
     tc = getattr(cfg, section)
     params, mc, src_meta = load_source(tc.source, tc.model_tag, ctx, cfg.extra.source_step)
+    if getattr(tc, "inherit", False):
+        tc = inherit_settings(tc, src_meta, sys.argv[1:] if argv is None else argv)
+        setattr(cfg, section, tc)
     return cfg, ctx, tc, Tokenizer.load(), params, mc, src_meta
+
+
+def inherit_settings(tc, src_meta: dict, argv: list[str]):
+    """nanochat master's SFT takes the pretraining run's batch as it ran (the depth dial's resolved total_batch_size)
+    and its LRs as configured (before the dial's √(B/2^19): master reads them from the checkpoint's user_config),
+    except those given on the command line."""
+    given = {key.rpartition(".")[2] for key in C.parse_overrides(argv)[1]}
+    ran, configured = src_meta.get("train", {}), src_meta.get("user_config", src_meta.get("train", {}))
+    src = {**{k: ran[k] for k in ("device_batch_size", "total_batch_size") if k in ran},
+           **{k: configured[k] for k in ("embedding_lr", "unembedding_lr", "matrix_lr", "scalar_lr")
+              if k in configured}}
+    new = {k: v for k, v in src.items() if k not in given}
+    print0(f"[inherit] from the {tc.source} run: " + ", ".join(f"{k}={v}" for k, v in new.items()))
+    return dataclasses.replace(tc, **new)
+
+
+def inherit_optimizer(setup, tc, src_meta: dict) -> None:
+    """Replace setup's fresh optimizer state by the source checkpoint's (nanochat master's SFT): Muon's momentum
+    and NorMuon buffers and Adam's moments go on; every schedule restarts at step 0 (master sets fresh LRs and Muon
+    momentum each step); Adam's step count goes on (master's does: its bias correction stays ~1)."""
+    d, step, src = find_model_dir(tc.source, tc.model_tag or None), int(src_meta["step"]), src_meta.get("train", {})
+    if not (d / str(step) / "opt_state").exists():
+        print0(f"WARNING: {d / str(step)} holds no optimizer state; starting with a fresh optimizer (as master)")
+        return
+    for key, same in (("optimizer", src.get("optimizer") == tc.optimizer),
+                      ("grad_clip", (src.get("grad_clip", 0) > 0) == (tc.grad_clip > 0))):
+        if not same:  # another state layout
+            raise C.ConfigError(f"inherit = true continues the {tc.source} run's optimizer state, which has "
+                                f"{key} = {src.get(key)!r}: set --{key}={src.get(key)} (or inherit = false)")
+    sh = setup.state_shardings
+    ck = Checkpoints(d, async_save=False)
+    items, _ = ck.restore(step, abstract_params=abstract_like(setup.state["params"], sh["params"]),
+                          abstract_opt_state=abstract_like(setup.state["opt_state"], sh["opt_state"]))
+    ck.close()
+    setup.state = {**setup.state, "params": items["params"], "opt_state": restart_schedules(items["opt_state"])}
+    print0(f"[inherit] the optimizer state of {d / str(step)} (momenta kept, schedules from step 0)")
+
+
+def restart_schedules(opt_state):
+    """Every step count in an optax state set to 0, except the bias-correction counts (Adam's, V1 Muon's)."""
+    has_count = lambda s: hasattr(s, "_fields") and "count" in s._fields  # noqa: E731
+    keep = (optax.ScaleByAdamState, MuonState)
+
+    def restart(s):
+        if not has_count(s) or isinstance(s, keep):
+            return s
+        return s._replace(count=jax.device_put(jnp.zeros_like(s.count), s.count.sharding))
+
+    return jax.tree.map(restart, opt_state, is_leaf=has_count)
 
 
 def sample_completions(params, mc, tok, mesh) -> dict:

@@ -28,7 +28,7 @@ from jaxchat import model as gpt
 from jaxchat import sharding as shd
 from jaxchat.checkpoint import CheckpointError, abstract_like
 from jaxchat.common import print0
-from jaxchat.config import ModelConfig, TrainConfig
+from jaxchat.config import ConfigError, ModelConfig, TrainConfig
 from jaxchat.optim import lr_multiplier, make_optimizer, opt_state_shardings
 
 
@@ -129,6 +129,15 @@ def grad_accum_steps(total_batch_size: int, device_batch_size: int, seq_len: int
     return total_batch_size // per_micro
 
 
+def horizon_params(model_cfg: ModelConfig, cfg: TrainConfig) -> int:
+    """The params that target_param_data_ratio multiplies: all (V1), or with [base] depth_dial master's choice,
+    transformer matrices + lm_head ("the cleanest scaling laws")."""
+    if not getattr(cfg, "depth_dial", False):  # a BaseConfig field: the later stages have no such choice
+        return gpt.num_params(model_cfg)
+    n = gpt.scaling_params(model_cfg)
+    return n["transformer_matrices"] + n["lm_head"]
+
+
 def horizon(model_cfg: ModelConfig, cfg: TrainConfig, tokens_per_step: int) -> tuple[int, str]:
     """Number of optimizer steps: num_iterations > target_flops > target_param_data_ratio (nanochat)."""
     if cfg.num_iterations > 0:
@@ -136,8 +145,31 @@ def horizon(model_cfg: ModelConfig, cfg: TrainConfig, tokens_per_step: int) -> t
     if cfg.target_flops > 0:
         return round(cfg.target_flops / (gpt.flops_per_token(model_cfg) * tokens_per_step)), "target_flops"
     if cfg.target_param_data_ratio > 0:
-        return int(cfg.target_param_data_ratio * gpt.num_params(model_cfg) // tokens_per_step), "param_data_ratio"
+        tokens = cfg.target_param_data_ratio * horizon_params(model_cfg, cfg)
+        return int(tokens // tokens_per_step), "param_data_ratio"
     raise ValueError("no training horizon: set num_iterations, target_flops or target_param_data_ratio")
+
+
+B_REF = 2**19  # tokens per step of master's d12, where its hyperparameters were tuned
+
+
+def depth_dial(model_cfg: ModelConfig, cfg: TrainConfig) -> tuple[TrainConfig, dict]:
+    """Master's base_train scaling from depth, transferred from its tuned d12 (same vocab and T): with D = ratio ×
+    horizon_params, the batch (if total_batch_size is -1) 2^round(log2(2^19·(D/D_d12)^0.383)) (Power Lines:
+    B_opt ∝ D^0.383), every LR × √(B/2^19) (AdamW's rule, assumed for Muon), Muon weight decay × √(B/2^19)·D_d12/D
+    (keeps T_epoch = B/(η·λ·D)). Returns (cfg with them set, {lr_scale, weight_decay}); off: cfg as it is."""
+    if not getattr(cfg, "depth_dial", False):
+        return cfg, {"lr_scale": 1.0, "weight_decay": cfg.weight_decay}
+    if cfg.target_param_data_ratio <= 0:
+        raise ConfigError("depth_dial derives batch, LRs and weight decay from the horizon target_param_data_ratio x "
+                          f"params: set target_param_data_ratio > 0 (master: 12), got {cfg.target_param_data_ratio}")
+    tokens = lambda mc: cfg.target_param_data_ratio * horizon_params(mc, cfg)  # noqa: E731
+    target, ref = int(tokens(model_cfg)), tokens(dataclasses.replace(model_cfg, depth=12))
+    B = cfg.total_batch_size if cfg.total_batch_size > 0 else 2 ** round(math.log2(B_REF * (target / ref) ** 0.383))
+    s, wd = math.sqrt(B / B_REF), cfg.weight_decay * math.sqrt(B / B_REF) * (ref / target)
+    cfg = dataclasses.replace(cfg, total_batch_size=B, embedding_lr=cfg.embedding_lr * s, matrix_lr=cfg.matrix_lr * s,
+                              unembedding_lr=cfg.unembedding_lr * s, scalar_lr=cfg.scalar_lr * s, weight_decay=wd)
+    return cfg, {"lr_scale": s, "weight_decay": wd}
 
 
 # bf16 dense peak FLOP/s per device for MFU (tensor-core numbers, not the 2:4-sparsity figures)

@@ -1,17 +1,25 @@
-"""Supervised finetuning (nanochat's chat_sft.py): one conversation per row, padded, loss only on the
-assistant's tokens (text, python calls, <|assistant_end|>; never user text or tool output).
+"""Supervised finetuning (nanochat's chat_sft.py): loss only on the assistant's tokens (text, python calls,
+<|assistant_end|>; never user text or tool output).
 
     python -m scripts.chat_sft                         # tiny preset: offline SFT mixture
     python -m scripts.chat_sft --preset d20            # nanochat's mixture (ARC, GSM8K, SmolTalk, ...)
+    python -m scripts.chat_sft --preset master         # nanochat master's SFT, straight from the base model
 
-LR × 0.02 decaying linearly to 0, Muon momentum 0.95; validation loss every --eval_every steps and quick
-categorical accuracy on MMLU / ARC-Easy slices every --eval_metrics_every steps.
+V1: one conversation per row, padded; --target_examples_per_step conversations a step; LR × 0.02 decaying linearly
+to 0, Muon momentum 0.95. Master (`inherit = true`): the base run's LRs, batch and optimizer state (see
+`stage.inherit_optimizer`), rows of max_seq_len tokens packed by `PackedSFT`, --total_batch_size tokens a step;
+LR × 0.8, constant, then linear to 0 over the last half; Muon momentum 0.85 → 0.95 over 300 steps
+(configs/master.toml). Validation loss every --eval_every steps and quick categorical accuracy on MMLU / ARC-Easy
+slices every --eval_metrics_every steps.
 """
 from __future__ import annotations
 
 import itertools
+import json
 
+import grain
 import jax
+import numpy as np
 
 from jaxchat import config as C
 from jaxchat import data, stage, train
@@ -36,26 +44,99 @@ def quick_metrics(params, mc, tok, ctx, max_problems: int) -> dict:
             for name, task in (("mmlu_acc", MMLU("test")), ("arc_easy_acc", ARC("ARC-Easy", "test")))}
 
 
+class PackedSFT:
+    """nanochat master's SFT rows: [A, B_local, T] batches of rows of T+1 tokens, each filled with whole
+    conversations, every time the longest of the `buffer` waiting ones that still fits; when none fits the rest of
+    the row is padding (BOS, never trained), so no conversation is cropped. Targets are the next tokens where the
+    rendered mask is 1, else −1. This process's share of the mixture, in order, repeating; rendered a few groups
+    ahead on background threads. The state is the stream's position and the waiting conversations' indices."""
+
+    GROUP = 64  # conversations rendered per background task
+
+    def __init__(self, task, tokenizer, *, rows: int, accum: int, max_tokens: int, process_index: int = 0,
+                 process_count: int = 1, buffer: int = 100):
+        self.task, self.tok, self.rows, self.accum, self.T = task, tokenizer, rows, accum, max_tokens
+        self.buffer, self.idx = buffer, np.arange(process_index, len(task), process_count)
+        groups = grain.MapDataset.range(-(-len(self.idx) // self.GROUP)).repeat(None)
+        self.stream = data.iterate(groups.map(self._render_group))
+        self.pulled, self.waiting, self.consumed = [], [], 0  # pulled: rendered, not yet in the buffer
+
+    def _render(self, i: int) -> tuple:
+        return (i, *self.tok.render_conversation(self.task[i], max_tokens=self.T + 1))
+
+    def _render_group(self, g: int) -> list:
+        return [self._render(int(i)) for i in self.idx[g * self.GROUP:(g + 1) * self.GROUP]]
+
+    def _row(self) -> tuple[list, list]:
+        ids, mask = [], []
+        while True:
+            while len(self.waiting) < self.buffer:
+                self.pulled = self.pulled or next(self.stream)
+                self.waiting.append(self.pulled.pop(0))
+            room = self.T + 1 - len(ids)
+            fits = [k for k, (_, c, _) in enumerate(self.waiting) if len(c) <= room]
+            if not fits:
+                break
+            _, c, m = self.waiting.pop(max(fits, key=lambda k: len(self.waiting[k][1])))
+            ids, mask, self.consumed = ids + c, mask + m, self.consumed + 1
+        pad = self.T + 1 - len(ids)
+        return ids + [self.tok.bos_id] * pad, mask + [0] * pad
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        ids, mask = (np.asarray(x, np.int32) for x in zip(*(self._row() for _ in range(self.rows * self.accum))))
+        shape = (self.accum, self.rows, self.T)
+        return {"inputs": ids[:, :-1].reshape(shape),
+                "targets": np.where(mask[:, 1:] == 1, ids[:, 1:], -1).reshape(shape).astype(np.int32)}
+
+    def get_state(self) -> bytes:
+        return json.dumps({"stream": self.stream.get_state(), "pulled": [c[0] for c in self.pulled],
+                           "waiting": [c[0] for c in self.waiting], "consumed": self.consumed}).encode()
+
+    def set_state(self, state) -> None:
+        s = json.loads(state)
+        self.stream.set_state(s["stream"])
+        self.pulled, self.waiting = ([self._render(i) for i in s[k]] for k in ("pulled", "waiting"))
+        self.consumed = s["consumed"]
+
+    def start_prefetch(self) -> None:
+        self.stream.start_prefetch()
+
+
 def main(argv=None):
     cfg, ctx, tc, tok, params, mc, src_meta = stage.start_finetune("sft", argv)
     tag, T = stage.model_tag(tc.model_tag, mc), mc.max_seq_len
     rows, local_rows = stage.rows_per_process(tc.device_batch_size, ctx)
-    if tc.target_examples_per_step % rows:
-        raise C.ConfigError(f"target_examples_per_step={tc.target_examples_per_step} must be a multiple of "
-                            f"device_batch_size x devices = {rows}")
-    accum = tc.target_examples_per_step // rows
-    train_task = sft_mixture("train", online=tc.online, seed=tc.seed, arithmetic_repeat=tc.arithmetic_repeat)
-    val_task = sft_mixture("val", online=tc.online, seed=tc.seed)
+    train_task = sft_mixture("train", online=tc.online, seed=tc.seed, arithmetic_repeat=tc.arithmetic_repeat,
+                             recipe=tc.mixture)
+    val_task = sft_mixture("val", online=tc.online, seed=tc.seed, recipe=tc.mixture)
     shards = {"process_index": ctx.process_index, "process_count": ctx.process_count}
-    batches = data.SFTBatches(train_task, tok, rows=local_rows, accum=accum, max_tokens=T, seed=tc.seed, **shards)
-    epoch_steps = batches.steps_per_epoch
+    if tc.inherit:  # master: packed rows, total_batch_size tokens a step, an epoch estimated from the token count
+        accum = train.grad_accum_steps(tc.total_batch_size, tc.device_batch_size, T, ctx.n_devices)
+        batches = PackedSFT(train_task, tok, rows=local_rows, accum=accum, max_tokens=T, **shards)
+        epoch_steps = max(1, int(stage.estimate_tokens(train_task, tok, T) // (accum * rows * T)))
+        val_iter = PackedSFT(val_task, tok, rows=local_rows, accum=1, max_tokens=T, **shards)
+        n_val = max(1, int(stage.estimate_tokens(val_task, tok, T) // (rows * T)))
+        unit = f"{accum} x {rows} x {T} tokens"
+    else:
+        if tc.target_examples_per_step % rows:
+            raise C.ConfigError(f"target_examples_per_step={tc.target_examples_per_step} must be a multiple of "
+                                f"device_batch_size x devices = {rows}")
+        accum = tc.target_examples_per_step // rows
+        batches = data.SFTBatches(train_task, tok, rows=local_rows, accum=accum, max_tokens=T, seed=tc.seed, **shards)
+        epoch_steps = batches.steps_per_epoch
+        val_iter = data.SFTBatches(val_task, tok, rows=local_rows, accum=1, max_tokens=T, seed=0, **shards)
+        n_val, unit = len(val_task) // rows, f"{accum} x {rows} conversations"
     n_iter = tc.num_iterations if tc.num_iterations > 0 else epoch_steps * tc.num_epochs
     stage.banner("chat_sft", source=f"{tc.source} d{mc.depth} step {src_meta.get('step')}",
-                 mixture=f"{len(train_task):,} conversations", batch=f"{accum} x {rows} conversations",
+                 mixture=f"{len(train_task):,} conversations", batch=unit,
                  steps=f"{n_iter} ({n_iter / epoch_steps:.2f} epochs)")
-    val_batches = list(itertools.islice(data.SFTBatches(val_task, tok, rows=local_rows, accum=1, max_tokens=T, seed=0,
-                                                        **shards), min(tc.eval_steps, len(val_task) // rows)))
+    val_batches = list(itertools.islice(val_iter, min(tc.eval_steps, n_val)))
     setup = train.create_train_state(mc, tc, ctx.mesh, n_iter, params=params)
+    if tc.inherit:
+        stage.inherit_optimizer(setup, tc, src_meta)
     ck = Checkpoints(stage.out_dir("sft", tag), keep=tc.keep_checkpoints)
     # on the mesh like the train step: the batch sharded by the rules table, the model's layout pins active
     nll_sum = shd.in_mesh(ctx.mesh, jax.jit(lambda p, b: _masked_nll_sum(p, b, mc)))
@@ -70,8 +151,9 @@ def main(argv=None):
     state, summary = train.run(setup, lambda step, state: next(batches), name="chat_sft", ck=ck, data=batches,
                                log=stage.logger("sft", tag), evaluate=evaluate_fn, save_optimizer=tc.save_optimizer,
                                meta={"stage": "sft", "preset": cfg.preset})
-    summary.update(conversations=len(train_task), epochs=n_iter / epoch_steps,
-                   examples=n_iter * tc.target_examples_per_step, depth=mc.depth, online=tc.online)
+    examples = batches.consumed * ctx.process_count if tc.inherit else n_iter * tc.target_examples_per_step
+    summary.update(conversations=len(train_task), epochs=n_iter / epoch_steps, examples=examples, depth=mc.depth,
+                   online=tc.online)
     print0(f"[chat_sft] done: val loss {summary.get('val_loss', float('nan')):.4f}")
     return stage.finish("chat-sft", summary, checkpoints=ck)
 

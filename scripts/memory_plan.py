@@ -23,7 +23,8 @@ def main(argv=None):
 
     cfg = C.load(["model", "mesh", "base"], argv,
                  extra={"devices": 8, "budget_gb": 80.0 * float(stage.GPU_MEM_FRACTION)})
-    mc, tc, n_dev = cfg.model, cfg.base, len(devices)
+    mc, n_dev = cfg.model, len(devices)
+    tc, _ = train.depth_dial(mc, cfg.base)  # the batch a speedrun-style preset derives from its depth
     mesh = shd.make_mesh(cfg.mesh, devices)
     accum = train.grad_accum_steps(tc.total_batch_size, tc.device_batch_size, mc.max_seq_len, n_dev)
     t0 = time.time()

@@ -37,7 +37,8 @@ def main(argv=None):
     from jaxchat import compiled, train, config as C, model as gpt, sharding as shd  # they import JAX: not before
     cfg = C.load(["model", "mesh", "base"], argv,
                  extra={"devices": 8, "efficiency": 0.6, "decode_batch": 8, "decode_cache": 2048})
-    mc, tc, x = cfg.model, cfg.base, cfg.extra
+    mc, x = cfg.model, cfg.extra
+    tc, _ = train.depth_dial(mc, cfg.base)  # the batch a speedrun-style preset derives from its depth
     mesh, n_dev, T = shd.make_mesh(cfg.mesh, devices), len(devices), mc.max_seq_len
     accum = train.grad_accum_steps(tc.total_batch_size, tc.device_batch_size, T, n_dev)
     tokens = accum * tc.device_batch_size * n_dev * T

@@ -4,6 +4,7 @@
 #   bash run_all.sh                     tiny preset: CPU, offline, embedded data, <= 30 minutes on 2 cores
 #   bash run_all.sh --preset d20        nanochat's speedrun recipe on an 8-GPU node (FineWeb-edu, hub data)
 #   bash run_all.sh --preset d20 --dry-run   print every stage's command and the derived shapes/steps/tokens
+#   bash run_all.sh --preset master     nanochat master's model and recipe at the tiny size: SFT from base, no RL
 #   bash run_all.sh --force             rerun stages whose output already exists
 #
 # A stage whose report section ($JAXCHAT_BASE_DIR/report/<section>.json, written by jaxchat.stage.finish when it
@@ -24,7 +25,7 @@ while [ $# -gt 0 ]; do
     --preset=*) PRESET="${1#*=}"; shift ;;
     --force) FORCE=1; shift ;;
     --dry-run|--dry_run) DRY=1; shift ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "pipeline: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -44,8 +45,13 @@ mkdir -p "$LOGS"
 P="--preset=$PRESET"
 RESUME="--resume"  # within-stage resume from checkpoints; --force starts stages afresh over the old ones
 [ "$FORCE" = 1 ] && RESUME="--overwrite"
-GPU_PRESET=0
-[ "$PRESET" != tiny ] && GPU_PRESET=1
+# What the preset runs: a GPU preset ([mesh] accelerator) downloads its corpus first; midtraining runs when SFT
+# starts from it ([sft] source = "mid"), chat RL unless [pipeline] rl = false (nanochat master's recipe: neither).
+FLAGS="$("$PY" -c "from jaxchat import config as C
+c = C.load(['mesh', 'sft', 'base', 'pipeline'], ['$P'])
+src = c.base.source if c.base.source == 'climbmix' else 'fineweb'  # the shard set a GPU preset downloads
+print(int(c.mesh.accelerator), int(c.sft.source == 'mid'), int(c.pipeline.rl), src)")"
+read -r GPU_PRESET RUN_MID RUN_RL SRC <<< "$FLAGS"
 
 say() { printf '\n[pipeline %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 
@@ -85,22 +91,22 @@ if [ "$GPU_PRESET" = 1 ]; then
   # As nanochat: the shards the tokenizer reads first (its [tokenizer] max_chars), the rest in the background.
   SHARDS="$("$PY" -c "from jaxchat.corpus import shards_needed; print(shards_needed('$PRESET'))" 2>/dev/null || echo 240)"
   TOK_SHARDS="$("$PY" -c "from jaxchat import config as C; from jaxchat.corpus import shards_for_chars
-print(shards_for_chars(C.load(['tokenizer'], ['$P']).tokenizer.max_chars))")"
+print(shards_for_chars(C.load(['tokenizer'], ['$P']).tokenizer.max_chars, source='$SRC'))")"
   if [ "$DRY" = 1 ]; then
-    printf '  %-22s %s\n' download "$PY -m jaxchat.corpus download -n $TOK_SHARDS, then -n $SHARDS in the background"
+    printf '  %-22s %s\n' download "$PY -m jaxchat.corpus download --source $SRC -n $TOK_SHARDS, then -n $SHARDS in the background"
   elif [ "$RANK" = 0 ]; then
-    "$PY" -m jaxchat.corpus download -n "$TOK_SHARDS"
-    "$PY" -m jaxchat.corpus download -n "$SHARDS" > "$LOGS/download.log" 2>&1 &
+    "$PY" -m jaxchat.corpus download --source "$SRC" -n "$TOK_SHARDS"
+    "$PY" -m jaxchat.corpus download --source "$SRC" -n "$SHARDS" > "$LOGS/download.log" 2>&1 &
     DOWNLOAD_PID=$!
   fi
 fi
 
 stage tok_train      tokenizer-training     "$PY" -m scripts.tok_train "$P"
 stage tok_eval       tokenizer-evaluation   "$PY" -m scripts.tok_eval
-if [ "${DOWNLOAD_PID:-}" != "" ]; then say "waiting for the FineWeb-edu download"; wait "$DOWNLOAD_PID"; fi
+if [ "${DOWNLOAD_PID:-}" != "" ]; then say "waiting for the $SRC download"; wait "$DOWNLOAD_PID"; fi
 if [ "$GPU_PRESET" = 1 ] && [ "$DRY" = 0 ] && [ "$RANK" != 0 ]; then
-  say "waiting for process 0's FineWeb-edu download ($SHARDS shards)"
-  "$PY" -m jaxchat.corpus wait -n "$SHARDS"
+  say "waiting for process 0's $SRC download ($SHARDS shards)"
+  "$PY" -m jaxchat.corpus wait --source "$SRC" -n "$SHARDS"
 fi
 if [ "$DRY" = 1 ]; then
   DEV=""; [ "$GPU_PRESET" = 1 ] && DEV="--devices=8"
@@ -109,12 +115,16 @@ fi
 stage base_train     base-model-training    "$PY" -m scripts.base_train "$P" $RESUME
 stage base_loss      base-model-loss        "$PY" -m scripts.base_loss "$P"
 stage base_eval      base-model-evaluation  "$PY" -m scripts.base_eval "$P"
-stage mid_train      midtraining            "$PY" -m scripts.mid_train "$P" $RESUME
-stage chat_eval_mid  chat-evaluation-mid    "$PY" -m scripts.chat_eval "$P" --source=mid
+if [ "$RUN_MID" = 1 ]; then
+  stage mid_train      midtraining            "$PY" -m scripts.mid_train "$P" $RESUME
+  stage chat_eval_mid  chat-evaluation-mid    "$PY" -m scripts.chat_eval "$P" --source=mid
+elif [ "$DRY" = 0 ]; then say "no midtraining: this preset's SFT starts from its [sft] source"; fi
 stage chat_sft       chat-sft               "$PY" -m scripts.chat_sft "$P" $RESUME
 stage chat_eval_sft  chat-evaluation-sft    "$PY" -m scripts.chat_eval "$P" --source=sft
-stage chat_rl        chat-rl                "$PY" -m scripts.chat_rl "$P" $RESUME
-stage chat_eval_rl   chat-evaluation-rl     "$PY" -m scripts.chat_eval "$P" --source=rl
+if [ "$RUN_RL" = 1 ]; then
+  stage chat_rl        chat-rl                "$PY" -m scripts.chat_rl "$P" $RESUME
+  stage chat_eval_rl   chat-evaluation-rl     "$PY" -m scripts.chat_eval "$P" --source=rl
+elif [ "$DRY" = 0 ]; then say "no chat RL: the preset sets [pipeline] rl = false"; fi
 if [ "$DRY" = 1 ]; then
   printf '  %-22s %s\n' report "$PY -m jaxchat.report generate"
   exit 0

@@ -1,5 +1,6 @@
-"""jaxchat.corpus: embedded corpus, user files, FineWeb shard download (offline, loopback server)."""
+"""jaxchat.corpus: embedded corpus, user files, FineWeb / ClimbMix shard download (offline, loopback server)."""
 import ast
+import functools
 import hashlib
 import json
 import os
@@ -18,6 +19,7 @@ from jaxchat import corpus
 from jaxchat.corpus import CorpusError, describe_source, document_blocks, iter_documents
 
 ROOT = Path(__file__).resolve().parents[1]
+download_fineweb = functools.partial(corpus.download_shards, "fineweb")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -258,11 +260,12 @@ def test_cli_describe(user_dir, capsys):
 
 
 # ----------------------------------------------------------------------------------------------
-# FineWeb: missing shards, download against a loopback HTTP server
+# FineWeb and ClimbMix: missing shards, download against a loopback HTTP server
 
 
 def test_fineweb_missing_shards_error(tmp_path):
-    with pytest.raises(CorpusError, match=r"0 FineWeb-edu shard\(s\) in .*python -m jaxchat\.corpus download -n 8"):
+    with pytest.raises(CorpusError, match=r"0 FineWeb-edu shard\(s\) in .*python -m jaxchat\.corpus download "
+                                          r"--source fineweb -n 8"):
         document_blocks("fineweb", data_dir=tmp_path)
     _write_parquet(tmp_path / "shard_00000.parquet", ["a", "b"], 1)
     assert list(iter_documents("fineweb", "val", data_dir=tmp_path)) == ["a", "b"]
@@ -292,14 +295,14 @@ def test_download_retry_truncation_skip_and_split(shards):
     names = [corpus.shard_name(i) for i in range(3)]
     server.fail_once.add(names[1])
     server.truncate_once.add(names[2])
-    paths = corpus.download_fineweb(3, data_dir=out, workers=2, base_url=server.url, backoff=0.01, progress=False)
+    paths = download_fineweb(3, data_dir=out, workers=2, base_url=server.url, backoff=0.01, progress=False)
     assert [p.name for p in paths] == names
     assert dict(server.requests) == {names[0]: 1, names[1]: 2, names[2]: 2}  # one retry each
     for n in names:
         assert (out / n).read_bytes() == server.files[n]
     assert sorted(p.name for p in out.iterdir()) == sorted([*names, corpus.DOWNLOAD_MARKER])  # no temporary files left
     # re-running skips complete shards: no new requests
-    corpus.download_fineweb(3, data_dir=out, workers=2, base_url=server.url, backoff=0.01, progress=False)
+    download_fineweb(3, data_dir=out, workers=2, base_url=server.url, backoff=0.01, progress=False)
     assert sum(server.requests.values()) == 5
     # nanochat's split: the last shard on disk is val; blocks are row groups, documents read back equal
     train = document_blocks("fineweb", "train", data_dir=out)
@@ -318,43 +321,70 @@ def test_download_truncated_or_corrupt_never_kept(shards):
     name = corpus.shard_name(0)
     server.truncate_once.add(name)
     with pytest.raises(CorpusError, match="IncompleteRead.*more expected"):
-        corpus.download_fineweb(1, data_dir=out, base_url=server.url, retries=0, progress=False)
+        download_fineweb(1, data_dir=out, base_url=server.url, retries=0, progress=False)
     assert list(out.iterdir()) == []  # neither the shard nor a temporary file (nor a completion marker)
-    corpus.download_fineweb(1, data_dir=out, base_url=server.url, retries=0, progress=False)
+    download_fineweb(1, data_dir=out, base_url=server.url, retries=0, progress=False)
     assert (out / name).read_bytes() == server.files[name]
     # a body of the announced length that is not a parquet file (e.g. an HTML error page)
     server.files[corpus.shard_name(1)] = b"<html>rate limited</html>"
     with pytest.raises(CorpusError, match="not a parquet file"):
-        corpus.download_fineweb(2, data_dir=out, base_url=server.url, retries=1, backoff=0.01, progress=False)
+        download_fineweb(2, data_dir=out, base_url=server.url, retries=1, backoff=0.01, progress=False)
     assert server.requests[corpus.shard_name(1)] == 2 and not (out / corpus.shard_name(1)).exists()
     # a missing shard (404) is reported without retrying; bad shard counts are rejected
     del server.files[corpus.shard_name(1)]
     with pytest.raises(CorpusError, match="404"):
-        corpus.download_fineweb(2, data_dir=out, base_url=server.url, retries=3, backoff=0.01, progress=False)
+        download_fineweb(2, data_dir=out, base_url=server.url, retries=3, backoff=0.01, progress=False)
     assert server.requests[corpus.shard_name(1)] == 3
-    for bad in (0, corpus.NUM_FINEWEB_SHARDS + 1):
+    for bad in (0, corpus.max_train_shards("fineweb") + 1):
         with pytest.raises(CorpusError, match="num_shards"):
-            corpus.download_fineweb(bad, data_dir=out, base_url=server.url, progress=False)
+            download_fineweb(bad, data_dir=out, base_url=server.url, progress=False)
     assert sorted(p.name for p in out.iterdir()) == [corpus.DOWNLOAD_MARKER, name]
-    assert corpus.downloaded_shards(out) == 1  # the failed downloads of 2 never vouched for shard 1
+    assert corpus.downloaded_shards("fineweb", out) == 1  # the failed downloads of 2 never vouched for shard 1
 
 
 def test_listing_follows_the_completion_marker(shards):
     """Shards only count once a finished download vouches for them: a larger download still running (or a
     shard copied in by hand) does not move the val split, and other hosts wait for the marker."""
     server, docs, out = shards
-    corpus.download_fineweb(2, data_dir=out, base_url=server.url, progress=False)
+    download_fineweb(2, data_dir=out, base_url=server.url, progress=False)
     (out / corpus.shard_name(2)).write_bytes(server.files[corpus.shard_name(2)])  # "still downloading"
-    assert [p.name for p in corpus.list_fineweb_shards(out)] == [corpus.shard_name(i) for i in range(2)]
+    assert [p.name for p in corpus.list_shards("fineweb", out)] == [corpus.shard_name(i) for i in range(2)]
     assert list(iter_documents("fineweb", "val", data_dir=out)) == docs[corpus.shard_name(1)]
     corpus.wait_for_download(2, data_dir=out, timeout=0)  # already there: returns at once
     with pytest.raises(CorpusError, match="vouch for 3 shards .*it says 2.*shares"):
         corpus.wait_for_download(3, data_dir=out, timeout=0.05, poll=0.01)
-    done = threading.Timer(0.2, corpus.download_fineweb, (3,), dict(data_dir=out, base_url=server.url, progress=False))
+    done = threading.Timer(0.2, download_fineweb, (3,), dict(data_dir=out, base_url=server.url, progress=False))
     done.start()
     assert corpus.main(["wait", "-n", "3", "--data-dir", str(out), "--timeout", "30"]) == 0
     done.join()
-    assert len(corpus.list_fineweb_shards(out)) == 3
+    assert len(corpus.list_shards("fineweb", out)) == 3
+
+
+def test_climbmix_layout_and_pinned_val_shard(shards, monkeypatch, tmp_path):
+    """Master's ClimbMix: its URL, base_data_climbmix/, shard_00000 ... shard_06542; `-n N` fetches N train shards
+    and shard_06542, which stays the val split however many train shards follow."""
+    server, docs, _ = shards
+    val, names = corpus.shard_name(6542), [corpus.shard_name(i) for i in range(3)]
+    server.files[val], docs[val] = server.files.pop(corpus.shard_name(3)), docs.pop(corpus.shard_name(3))
+    assert corpus.SHARD_SETS["climbmix"].url == ("https://huggingface.co/datasets/karpathy/climbmix-400b-shuffle/"
+                                                 "resolve/main/")
+    assert corpus.max_train_shards("climbmix") == 6542  # master's MAX_SHARD: the val shard's index
+    monkeypatch.setenv("JAXCHAT_BASE_DIR", str(tmp_path / "base"))
+    assert corpus.shard_dir("climbmix") == tmp_path / "base" / "base_data_climbmix"
+    with pytest.raises(CorpusError, match=r"0 ClimbMix shard\(s\) in .*base_data_climbmix.*download --source climbmix"):
+        document_blocks("climbmix", "train")
+    paths = corpus.download_shards("climbmix", 2, base_url=server.url, backoff=0.01, progress=False)
+    assert [p.name for p in paths] == [*names[:2], val] and set(server.requests) == {*names[:2], val}
+    assert list(iter_documents("climbmix", "val")) == docs[val]
+    assert list(iter_documents("climbmix", "train")) == docs[names[0]] + docs[names[1]]
+    assert corpus.main(["download", "--source", "climbmix", "-n", "3", "--base-url", server.url]) == 0
+    assert [p.name for p in corpus.list_shards("climbmix")] == [*names, val]
+    assert list(iter_documents("climbmix", "val")) == docs[val]
+    assert [d for b in document_blocks("climbmix", "train") for d in b] == [d for n in names for d in docs[n]]
+    with pytest.raises(CorpusError, match=r"offline\? the shards come from http://127\.0\.0\.1:9/"):
+        corpus.download_shards("climbmix", 4, base_url="http://127.0.0.1:9/", retries=0, progress=False)
+    assert corpus.main(["wait", "--source", "climbmix", "-n", "3", "--timeout", "0"]) == 0
+    assert corpus.main(["download", "--source", "dclm"]) == 2
 
 
 def test_shards_for_chars():
@@ -366,7 +396,12 @@ def test_shards_for_chars():
     want = {"d20": 11, "d26": 11, "d32": 21}
     for preset, n in want.items():
         assert corpus.shards_for_chars(C.load(["tokenizer"], [f"--preset={preset}"]).tokenizer.max_chars) == n
-    assert corpus.shards_for_chars(1) == 2 and corpus.shards_for_chars(10**15) == corpus.NUM_FINEWEB_SHARDS
+    assert corpus.shards_for_chars(1) == 2 and corpus.shards_for_chars(10**15) == corpus.max_train_shards("fineweb")
     assert [corpus.shards_needed(p) for p in ("d20", "d26", "d32")] == [238, 459, 795]  # base training, +10%
+    # ClimbMix: master's `-n 8` for the tokenizer's 2B chars (ours: 10, the doc_cap's losses counted); master's d24
+    # speedrun (5,568 steps of 2**20 tokens, bos_bestfit) needs "~150" shards, it downloads 170 (shards_needed's sum)
+    assert corpus.shards_for_chars(2e9, kept=1.0, source="climbmix") == 8
+    tokens_read = 5568 * 2**20 / (1 - corpus.BESTFIT_CROPPED)
+    assert 150 <= corpus.shards_for_chars(1.1 * tokens_read * 4.1, kept=1.0, source="climbmix") <= 170
     for n in (11, 21):  # the train split holds what is asked, with each shard's 250M chars cut to 80%
         assert (n - 1) * 250e6 * 0.8 >= {11: 2e9, 21: 4e9}[n]

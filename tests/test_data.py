@@ -1,9 +1,16 @@
 """Data pipeline: determinism, exact resume of the iterator, per-process shards, packing invariants, SFT masks."""
+import itertools
+import os
+import pathlib
+
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from jaxchat import data
-from helpers import tiny_tokenizer, write_corpus
+from jaxchat.corpus import document_blocks, shard_names
+from helpers import stdlib_texts, tiny_tokenizer, write_corpus
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +68,102 @@ def test_bestfit_rows_start_with_bos_and_have_no_padding(corpus, tok):
         assert x.shape[1] == 48 and b["targets"].shape[-1] == 48
 
 
+def master_bestfit(elements, B, T, bos, buffer_size=1000, chunk=128):
+    """nanochat master's BOS best-fit loader (nanochat/dataloader.py, 92d63d4), transliterated: `elements` stand in
+    for its row groups, which it tokenizes `chunk` documents at a time. Yields [B, T+1] rows."""
+    chunks = (docs[i:i + chunk] for docs in elements for i in range(0, len(docs), chunk))
+    buf = []
+    while True:
+        rows = []
+        for _ in range(B):
+            row = []
+            while len(row) < T + 1:
+                while len(buf) < buffer_size:
+                    buf.extend(list(d) for d in next(chunks))
+                remaining, best_idx, best_len = T + 1 - len(row), -1, 0
+                for i, doc in enumerate(buf):
+                    if best_len < len(doc) <= remaining:
+                        best_idx, best_len = i, len(doc)
+                if best_idx >= 0:
+                    row += buf.pop(best_idx)
+                else:
+                    row += buf.pop(min(range(len(buf)), key=lambda i: len(buf[i])))[:remaining]
+            assert row[0] == bos
+            rows.append(row)
+        yield np.array(rows)
+
+
+def synthetic_elements(seed, n, sizes, mean_len, bos=1):
+    """Row-group-like elements of documents: BOS then random ids, lengths long-tailed (some longer than a row)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        lens = np.maximum(1, rng.lognormal(np.log(mean_len), 1.0, rng.integers(*sizes))).astype(int)
+        out.append([np.concatenate([[bos], rng.integers(2, 1000, k - 1)]).astype(np.int32) for k in lens])
+    return out
+
+
+@pytest.mark.parametrize("T,buffer,chunk,sizes,mean_len", [(64, 40, 16, (1, 50), 20), (2048, 1000, 128, (1024, 1025),
+                                                                                      400)])
+def test_bestfit_rows_equal_master_algorithm(T, buffer, chunk, sizes, mean_len):
+    """The same rows as master's loader from the same documents: best fit, crops, buffer refills, tie order; and
+    a packer restored from a state (buffered and pending documents) continues with the same rows."""
+    elements = synthetic_elements(0, 40, sizes, mean_len)
+    ref = master_bestfit(elements, 8, T, 1, buffer, chunk)
+
+    def packer():
+        stream = data.iterate(data.block_dataset(elements, list, seed=0, shuffle=False, repeat=False))
+        return data.Packer(stream, T, "bos_bestfit", buffer_docs=buffer, chunk_docs=chunk)
+
+    ours, kept = packer(), 0
+    for step in range(4):
+        if step == 2:
+            state, resumed = ours.get_state(), packer()
+            resumed.set_state(state)
+            assert resumed.pending  # the state holds documents read but not yet buffered
+            master_rows = np.concatenate([next(ref), next(ref)])
+            np.testing.assert_array_equal(resumed.next_rows(16), master_rows)
+        rows = ours.next_rows(8)
+        np.testing.assert_array_equal(rows, next(ref) if step < 2 else master_rows[8 * (step - 2):][:8])
+        assert rows.shape == (8, T + 1) and (rows[:, 0] == 1).all()
+        kept += rows.size
+    read = sum(map(len, [d for e in elements for d in e])) - sum(map(len, ours.docs + ours.pending))
+    assert read > kept  # some documents were cropped
+
+
+def test_bestfit_equals_master_code(tmp_path, monkeypatch, tok):
+    """Master's own loader (its checkout at /tmp/nanochat_master, torch CPU) on ClimbMix-named shards gives the
+    rows ours gives from the same shards read in order (master's order; ours shuffles by default)."""
+    root = pathlib.Path(os.environ.get("NANOCHAT_MASTER", "/tmp/nanochat_master"))
+    if not (root / "nanochat" / "dataloader.py").is_file():
+        pytest.skip("no nanochat master checkout")
+    pytest.importorskip("torch")
+    texts = stdlib_texts(40)
+    docs = [t[i:i + n] for t in texts for i, n in zip(range(0, len(t), 700), itertools.cycle([90, 400, 1300, 30]))]
+    for k, name in enumerate(shard_names("climbmix", 2)):
+        pq.write_table(pa.table({"text": docs[k::3]}), tmp_path / name, row_group_size=300)
+    monkeypatch.setenv("NANOCHAT_BASE_DIR", str(tmp_path))
+    monkeypatch.syspath_prepend(str(root))
+    dataset = pytest.importorskip("nanochat.dataset")
+    loader = pytest.importorskip("nanochat.dataloader")
+    monkeypatch.setattr(dataset, "DATA_DIR", str(tmp_path))
+
+    class MasterTok:  # master's tokenizer interface over ours
+        get_bos_token_id = lambda self: tok.bos_id  # noqa: E731
+        encode = staticmethod(tok.encode)
+
+    T, B = 128, 16
+    ref = loader.tokenizing_distributed_data_loader_bos_bestfit(MasterTok(), B, T, "train", device="cpu")
+    blocks = document_blocks("climbmix", "train", data_dir=tmp_path)
+    ours = data.RowBatches(data.Packer(data.iterate(data.block_dataset(blocks, data.make_tokenize(tok), seed=0,
+                                                                       shuffle=False)), T, "bos_bestfit"), B)
+    for _ in range(6):  # past the end of the split (an epoch is ~1,100 documents)
+        x, y = next(ref)
+        b = next(ours)
+        np.testing.assert_array_equal(b["inputs"][0], x.numpy())
+        np.testing.assert_array_equal(b["targets"][0], y.numpy())
+
+
 def test_loader_threads_follow_the_host(monkeypatch):
     assert data.host_threads() >= 1  # the cores this process may use
     for cores, encode, grain in ((1, 1, 2), (3, 3, 2), (64, 16, 4), (200, 16, 13)):
@@ -84,6 +187,10 @@ def test_eval_rows_are_deterministic(corpus, tok):
     b = data.eval_rows(corpus, "val", tok, seq_len=16, max_tokens=160)
     np.testing.assert_array_equal(a, b)
     assert a.shape[1] == 17 and 1 <= len(a) <= 10
+    # master's val rows: best fit over the split in order, round it again as often as its 1,000-document buffer needs
+    rows = data.eval_rows(corpus, "val", tok, seq_len=16, max_tokens=160, packing="bos_bestfit")
+    blocks = [data.make_tokenize(tok)(b) for b in document_blocks(corpus, "val")]
+    np.testing.assert_array_equal(rows, next(master_bestfit(itertools.cycle(blocks), 10, 16, tok.bos_id)))
 
 
 def test_sft_batch_trains_only_assistant_tokens(tok):

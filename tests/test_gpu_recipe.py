@@ -47,3 +47,15 @@ def test_stage_sets_xla_memory_fraction(monkeypatch):
     monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.5")  # a user's own setting wins
     stage.init(C.MeshConfig())
     assert os.environ["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.5"
+
+
+def test_v1_presets_plan_as_before_the_depth_dial():
+    """depth_dial off: the V1 presets' horizon counts every param (ratio 20), their batch and LRs stay as set."""
+    from scripts import base_train
+
+    for preset, steps, accum, fpt in (("d20", 21_400, 1, 3_491_758_080), ("d26", 41_275, 2, 6_900_940_800),
+                                      ("d32", 71_680, 4, 12_079_595_520)):
+        plan = base_train.main([f"--preset={preset}", "--dry_run", "--devices=8"])
+        assert (plan["steps"], plan["grad_accum"], plan["tokens_per_step"], plan["flops_per_token"]) == (
+            steps, accum, 524_288, fpt), preset
+        assert plan["lr_scale"] == 1.0 and plan["weight_decay"] == 0.0, preset

