@@ -276,7 +276,7 @@ def categorical_eval(task, tokenizer, scorer: Scorer, indices=None) -> dict:
     logits = scorer.choice_logits([tokenizer.render_for_completion(c) for c in convs], cands) if convs else []
     correct = [c["letters"][int(np.argmax(lg))] == c["messages"][-1]["content"] for c, lg in zip(convs, logits)]
     return {"type": "categorical", "accuracy": _mean(correct), "correct": int(sum(correct)), "total": len(correct),
-            **_timing(t0, len(correct), "problems_per_s")}
+            "scores": [int(c) for c in correct], **_timing(t0, len(correct), "problems_per_s")}
 
 
 def categorical_accuracy(params, model_cfg, tokenizer, task, max_problems=-1, mesh=None, batch_size=8) -> float:
@@ -329,7 +329,8 @@ def generative_eval(task, tokenizer, engine, indices=None, *, num_samples: int =
     n, c = len(convs), correct.sum(axis=1)
     out = {"type": "generative", "accuracy": _mean(c > 0), "pass@1": _mean([pass_at_k(num_samples, ci, 1) for ci in c]),
            "correct": int((c > 0).sum()), "total": n, "num_samples": num_samples, "ended_rate": _mean(ended),
-           "tool_call_rate": _mean(tool), **_timing(t0, n, "problems_per_s")}
+           "tool_call_rate": _mean(tool), "scores": c.tolist(),  # per problem: correct samples of num_samples
+           **_timing(t0, n, "problems_per_s")}
     if num_samples > 1:
         out[f"pass@{num_samples}"] = out["accuracy"]
     if statuses:
@@ -337,6 +338,16 @@ def generative_eval(task, tokenizer, engine, indices=None, *, num_samples: int =
     out["examples"] = [{"index": indices[i], "completion": texts[i, 0][:2000], "correct": bool(correct[i, 0])}
                        for i in range(min(n, 3))]
     return out
+
+
+def paired_gain(before: dict, after: dict) -> tuple[float, float]:
+    """Mean per-problem score change between two evaluations of the same problems (e.g. SFT → RL sampled reward) and
+    its standard error from the paired differences: the problems' own difficulty cancels out."""
+    if before["total"] != after["total"]:
+        raise ValueError(f"paired_gain needs the same problems: {before['total']} vs {after['total']}")
+    d = (np.asarray(after["scores"]) / after.get("num_samples", 1) -
+         np.asarray(before["scores"]) / before.get("num_samples", 1))
+    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
 
 
 def chatcore(results: dict) -> tuple[float | None, int]:

@@ -23,6 +23,7 @@ import psutil
 
 from jaxchat.checkpoint import STAGE_DIRS
 from jaxchat.common import base_dir, report_dir
+from jaxchat.evaluate import paired_gain
 from jaxchat.stage import SECTIONS
 from jaxchat.tasks import CHAT_EVALS
 
@@ -340,6 +341,11 @@ def _summary_lines(sections: dict, logs: dict, start: float | None) -> list[str]
                          f"{fmt(sum(ended[:k]) / k, '.1%')} → {fmt(sum(ended[-k:]) / k, '.1%')}"))
         rows += [(f"pass@{k} (held-out, end of training)", fmt(rl[f"pass@{k}"])) for k in range(1, 9)
                  if f"pass@{k}" in rl] + [("rollout tokens/s", fmt_value(rl["rollout_tok_per_sec"]))]
+        evals = [sections.get(f"chat-evaluation-{c}", {}).get("tasks", {}) for c in ("sft", "rl")]
+        for name in (n for n in evals[0] if "scores" in evals[0][n] and "scores" in evals[1].get(n, {})):
+            with contextlib.suppress(ValueError):  # evaluated on different problems: no paired figure
+                gain, se = paired_gain(evals[0][name], evals[1][name])
+                rows.append((f"{name}, SFT → RL per problem (paired; ± standard error)", f"{gain:+.4f} ± {se:.4f}"))
         out += ["### RL reward", ""] + md_table(["", "value"], rows)
 
     out += ["### Which split each number comes from", ""] + md_table(["number", "data"], SPLITS)

@@ -400,6 +400,7 @@ def test_categorical_oracle_and_uniform(tok, oracle_setup):
     assert max(len(tok.render_for_completion(task[i])) for i in idx) > MAX_LEN  # cropping is exercised
     r = E.categorical_eval(task, tok, oracle_scorer(tok, gold), idx)
     assert (r["accuracy"], r["total"]) == (1.0, 12)
+    assert r["scores"] == [1] * 12
     u = E.categorical_eval(task, tok, oracle_setup[2], idx)  # uniform: ties → first letter
     assert u["accuracy"] == np.mean([task[i]["messages"][-1]["content"] == "A" for i in idx])
 
@@ -476,6 +477,11 @@ def test_humaneval_through_chat_eval(tok):
     assert r["sandbox"] == {"ok": 3, "error": 3, "timeout": 2}, r["sandbox"]
     assert r["correct"] == 2 and r["accuracy"] == 0.5 and r["pass@2"] == 0.5
     assert r["pass@1"] == pytest.approx((1 + 0.5 + 0 + 0) / 4)
+    assert r["scores"] == [2, 1, 0, 0]  # every problem's correct samples: --output keeps them for paired errors
+    after = {**r, "scores": [2, 2, 1, 0]}
+    gain, se = E.paired_gain(r, after)
+    d = np.array([0, 0.5, 0.5, 0])
+    assert gain == pytest.approx(d.mean()) and se == pytest.approx(d.std(ddof=1) / 2)
     assert E.pass_at_k(5, 0, 1) == 0.0 and E.pass_at_k(5, 5, 3) == 1.0 and E.pass_at_k(4, 1, 1) == 0.25
 
 

@@ -101,11 +101,12 @@ def summaries() -> dict:
             "ARC-Easy": _categorical(0.2643, 2376), "ARC-Challenge": _categorical(0.2501, 1172),
             "MMLU": _categorical(0.2489, 14042), "GSM8K": _generative(0.0076, 1319),
             "HumanEval": _generative(0.0122, 164), "SpellingBee": _generative(0.0391, 256),
-            "Arithmetic": _generative(0.1425, 400, ended=0.94, tool=0.41)}, 0.0123, 6),
+            "Arithmetic": {**_generative(0.1425, 400, ended=0.94, tool=0.41), "scores": [1, 0, 0, 1]}}, 0.0123, 6),
         "chat-rl": {**train, "steps": 50, "final_loss": 0.01, "pass@1": 0.18, "pass@8": 0.41, "reward_first": 0.105,
                     "reward_last": 0.2375, "reward_window": 10, "rollout_tok_per_sec": 812.4, "task": "Arithmetic"},
         "chat-evaluation-rl": _chat_eval("rl", {"GSM8K": _generative(0.0114, 1319),
-                                                "Arithmetic": _generative(0.2175, 400, ended=0.985, tool=float("nan"))},
+                                                "Arithmetic": {**_generative(0.2175, 400, ended=0.985,
+                                                                             tool=float("nan")), "scores": [1, 1, 0, 1]}},
                                          0.0144, 1),
     }
 
@@ -223,6 +224,7 @@ def test_report_from_fixtures(fixture_dir):
     assert "| mean reward, first 10 steps | 0.1050 |" in md and "| mean reward, last 10 steps | 0.2375 |" in md
     assert "| rollouts ending with <\\|assistant_end\\|>, first → last steps (training log) | 54.5% → 94.5% |" in md
     assert "| pass@8 (held-out, end of training) | 0.4100 |" in md
+    assert "| Arithmetic, SFT → RL per problem (paired; ± standard error) | +0.2500 ± 0.2500 |" in md
     assert "MMLU test split" in md and "all 164 HumanEval problems" in md and "held-out validation documents" in md
 
     # wall clock from the header's start to the last section; per-stage times (each stage's own timer)
