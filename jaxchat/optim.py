@@ -271,6 +271,19 @@ def make_optimizer(model_cfg: ModelConfig, cfg: TrainConfig, num_iterations: int
     return tx
 
 
+def restart_schedules(opt_state):
+    """Every step count in an optax state set to 0, except the bias-correction counts (Adam's, V1 Muon's)."""
+    has_count = lambda s: hasattr(s, "_fields") and "count" in s._fields  # noqa: E731
+    keep = (optax.ScaleByAdamState, MuonState)  # V1's Muon count is its bias correction
+
+    def restart(s):
+        if not has_count(s) or isinstance(s, keep):
+            return s
+        return s._replace(count=jax.device_put(jnp.zeros_like(s.count), s.count.sharding))
+
+    return jax.tree.map(restart, opt_state, is_leaf=has_count)
+
+
 def opt_state_shardings(tx, params_shapes, param_shardings, replicated):
     """Shardings for the optimizer state: every leaf that mirrors a param takes that param's sharding (from
     the rules table); counters and other scalars are replicated."""

@@ -11,13 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 from jax._src import distributed  # the coordination service's state (orbax reads it the same way)
-from optax.contrib import MuonState
 
 from jaxchat import config as C
+from jaxchat import optim
 from jaxchat import sharding as shd
 from jaxchat.checkpoint import STAGE_DIRS, Checkpoints, abstract_like, find_model_dir, load_model
 from jaxchat.common import JsonlLog, base_dir, print0, report_dir
@@ -177,21 +175,8 @@ def inherit_optimizer(setup, tc, src_meta: dict) -> None:
     items, _ = ck.restore(step, abstract_params=abstract_like(setup.state["params"], sh["params"]),
                           abstract_opt_state=abstract_like(setup.state["opt_state"], sh["opt_state"]))
     ck.close()
-    setup.state = {**setup.state, "params": items["params"], "opt_state": restart_schedules(items["opt_state"])}
+    setup.state = {**setup.state, "params": items["params"], "opt_state": optim.restart_schedules(items["opt_state"])}
     print0(f"[inherit] the optimizer state of {d / str(step)} (momenta kept, schedules from step 0)")
-
-
-def restart_schedules(opt_state):
-    """Every step count in an optax state set to 0, except the bias-correction counts (Adam's, V1 Muon's)."""
-    has_count = lambda s: hasattr(s, "_fields") and "count" in s._fields  # noqa: E731
-    keep = (optax.ScaleByAdamState, MuonState)
-
-    def restart(s):
-        if not has_count(s) or isinstance(s, keep):
-            return s
-        return s._replace(count=jax.device_put(jnp.zeros_like(s.count), s.count.sharding))
-
-    return jax.tree.map(restart, opt_state, is_leaf=has_count)
 
 
 def sample_completions(params, mc, tok, mesh) -> dict:
