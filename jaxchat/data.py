@@ -281,3 +281,64 @@ class SFTBatches:
 
     def start_prefetch(self) -> None:
         self._it.start_prefetch()
+
+
+class PackedSFT:
+    """nanochat master's SFT rows: [A, B_local, T] batches of rows of T+1 tokens, each filled with whole
+    conversations, every time the longest of the `buffer` waiting ones that still fits; when none fits the rest of
+    the row is padding (BOS, never trained), so no conversation is cropped. Targets are the next tokens where the
+    rendered mask is 1, else −1. This process's share of the mixture, in order, repeating; rendered a few groups
+    ahead on background threads. The state is the stream's position and the waiting conversations' indices."""
+
+    GROUP = 64  # conversations rendered per background task
+
+    def __init__(self, task, tokenizer, *, rows: int, accum: int, max_tokens: int, process_index: int = 0,
+                 process_count: int = 1, buffer: int = 100):
+        self.task, self.tok, self.rows, self.accum, self.T = task, tokenizer, rows, accum, max_tokens
+        self.buffer, self.idx = buffer, np.arange(process_index, len(task), process_count)
+        groups = grain.MapDataset.range(-(-len(self.idx) // self.GROUP)).repeat(None)
+        self.stream = iterate(groups.map(self._render_group))
+        self.pulled, self.waiting, self.consumed = [], [], 0  # pulled: rendered, not yet in the buffer
+
+    def _render(self, i: int) -> tuple:
+        return (i, *self.tok.render_conversation(self.task[i], max_tokens=self.T + 1))
+
+    def _render_group(self, g: int) -> list:
+        return [self._render(int(i)) for i in self.idx[g * self.GROUP:(g + 1) * self.GROUP]]
+
+    def _row(self) -> tuple[list, list]:
+        ids, mask = [], []
+        while True:
+            while len(self.waiting) < self.buffer:
+                self.pulled = self.pulled or next(self.stream)
+                self.waiting.append(self.pulled.pop(0))
+            room = self.T + 1 - len(ids)
+            fits = [k for k, (_, c, _) in enumerate(self.waiting) if len(c) <= room]
+            if not fits:
+                break
+            _, c, m = self.waiting.pop(max(fits, key=lambda k: len(self.waiting[k][1])))
+            ids, mask, self.consumed = ids + c, mask + m, self.consumed + 1
+        pad = self.T + 1 - len(ids)
+        return ids + [self.tok.bos_id] * pad, mask + [0] * pad
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        ids, mask = (np.asarray(x, np.int32) for x in zip(*(self._row() for _ in range(self.rows * self.accum))))
+        shape = (self.accum, self.rows, self.T)
+        return {"inputs": ids[:, :-1].reshape(shape),
+                "targets": np.where(mask[:, 1:] == 1, ids[:, 1:], -1).reshape(shape).astype(np.int32)}
+
+    def get_state(self) -> bytes:
+        return json.dumps({"stream": self.stream.get_state(), "pulled": [c[0] for c in self.pulled],
+                           "waiting": [c[0] for c in self.waiting], "consumed": self.consumed}).encode()
+
+    def set_state(self, state) -> None:
+        s = json.loads(state)
+        self.stream.set_state(s["stream"])
+        self.pulled, self.waiting = ([self._render(i) for i in s[k]] for k in ("pulled", "waiting"))
+        self.consumed = s["consumed"]
+
+    def start_prefetch(self) -> None:
+        self.stream.start_prefetch()

@@ -7,7 +7,7 @@
 
 V1: one conversation per row, padded; --target_examples_per_step conversations a step; LR × 0.02 decaying linearly
 to 0, Muon momentum 0.95. Master (`inherit = true`): the base run's LRs, batch and optimizer state (see
-`stage.inherit_optimizer`), rows of max_seq_len tokens packed by `PackedSFT`, --total_batch_size tokens a step;
+`stage.inherit_optimizer`), rows of max_seq_len tokens packed by `data.PackedSFT`, --total_batch_size tokens a step;
 LR × 0.8, constant, then linear to 0 over the last half; Muon momentum 0.85 → 0.95 over 300 steps
 (configs/master.toml). Validation loss every --eval_every steps and quick categorical accuracy on MMLU / ARC-Easy
 slices every --eval_metrics_every steps.
@@ -15,11 +15,8 @@ slices every --eval_metrics_every steps.
 from __future__ import annotations
 
 import itertools
-import json
 
-import grain
 import jax
-import numpy as np
 
 from jaxchat import config as C
 from jaxchat import data, stage, train
@@ -44,67 +41,6 @@ def quick_metrics(params, mc, tok, ctx, max_problems: int) -> dict:
             for name, task in (("mmlu_acc", MMLU("test")), ("arc_easy_acc", ARC("ARC-Easy", "test")))}
 
 
-class PackedSFT:
-    """nanochat master's SFT rows: [A, B_local, T] batches of rows of T+1 tokens, each filled with whole
-    conversations, every time the longest of the `buffer` waiting ones that still fits; when none fits the rest of
-    the row is padding (BOS, never trained), so no conversation is cropped. Targets are the next tokens where the
-    rendered mask is 1, else −1. This process's share of the mixture, in order, repeating; rendered a few groups
-    ahead on background threads. The state is the stream's position and the waiting conversations' indices."""
-
-    GROUP = 64  # conversations rendered per background task
-
-    def __init__(self, task, tokenizer, *, rows: int, accum: int, max_tokens: int, process_index: int = 0,
-                 process_count: int = 1, buffer: int = 100):
-        self.task, self.tok, self.rows, self.accum, self.T = task, tokenizer, rows, accum, max_tokens
-        self.buffer, self.idx = buffer, np.arange(process_index, len(task), process_count)
-        groups = grain.MapDataset.range(-(-len(self.idx) // self.GROUP)).repeat(None)
-        self.stream = data.iterate(groups.map(self._render_group))
-        self.pulled, self.waiting, self.consumed = [], [], 0  # pulled: rendered, not yet in the buffer
-
-    def _render(self, i: int) -> tuple:
-        return (i, *self.tok.render_conversation(self.task[i], max_tokens=self.T + 1))
-
-    def _render_group(self, g: int) -> list:
-        return [self._render(int(i)) for i in self.idx[g * self.GROUP:(g + 1) * self.GROUP]]
-
-    def _row(self) -> tuple[list, list]:
-        ids, mask = [], []
-        while True:
-            while len(self.waiting) < self.buffer:
-                self.pulled = self.pulled or next(self.stream)
-                self.waiting.append(self.pulled.pop(0))
-            room = self.T + 1 - len(ids)
-            fits = [k for k, (_, c, _) in enumerate(self.waiting) if len(c) <= room]
-            if not fits:
-                break
-            _, c, m = self.waiting.pop(max(fits, key=lambda k: len(self.waiting[k][1])))
-            ids, mask, self.consumed = ids + c, mask + m, self.consumed + 1
-        pad = self.T + 1 - len(ids)
-        return ids + [self.tok.bos_id] * pad, mask + [0] * pad
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> dict:
-        ids, mask = (np.asarray(x, np.int32) for x in zip(*(self._row() for _ in range(self.rows * self.accum))))
-        shape = (self.accum, self.rows, self.T)
-        return {"inputs": ids[:, :-1].reshape(shape),
-                "targets": np.where(mask[:, 1:] == 1, ids[:, 1:], -1).reshape(shape).astype(np.int32)}
-
-    def get_state(self) -> bytes:
-        return json.dumps({"stream": self.stream.get_state(), "pulled": [c[0] for c in self.pulled],
-                           "waiting": [c[0] for c in self.waiting], "consumed": self.consumed}).encode()
-
-    def set_state(self, state) -> None:
-        s = json.loads(state)
-        self.stream.set_state(s["stream"])
-        self.pulled, self.waiting = ([self._render(i) for i in s[k]] for k in ("pulled", "waiting"))
-        self.consumed = s["consumed"]
-
-    def start_prefetch(self) -> None:
-        self.stream.start_prefetch()
-
-
 def main(argv=None):
     cfg, ctx, tc, tok, params, mc, src_meta = stage.start_finetune("sft", argv)
     tag, T = stage.model_tag(tc.model_tag, mc), mc.max_seq_len
@@ -115,9 +51,9 @@ def main(argv=None):
     shards = {"process_index": ctx.process_index, "process_count": ctx.process_count}
     if tc.inherit:  # master: packed rows, total_batch_size tokens a step, an epoch estimated from the token count
         accum = train.grad_accum_steps(tc.total_batch_size, tc.device_batch_size, T, ctx.n_devices)
-        batches = PackedSFT(train_task, tok, rows=local_rows, accum=accum, max_tokens=T, **shards)
+        batches = data.PackedSFT(train_task, tok, rows=local_rows, accum=accum, max_tokens=T, **shards)
         epoch_steps = max(1, int(stage.estimate_tokens(train_task, tok, T) // (accum * rows * T)))
-        val_iter = PackedSFT(val_task, tok, rows=local_rows, accum=1, max_tokens=T, **shards)
+        val_iter = data.PackedSFT(val_task, tok, rows=local_rows, accum=1, max_tokens=T, **shards)
         n_val = max(1, int(stage.estimate_tokens(val_task, tok, T) // (rows * T)))
         unit = f"{accum} x {rows} x {T} tokens"
     else:

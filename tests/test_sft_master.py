@@ -56,7 +56,7 @@ def test_packed_rows_equal_master_loader():
     """The rows and targets of master's loader from the same conversations (best fit over a 100-conversation
     buffer, padding instead of cropping, loss mask), across epochs; a restored state continues exactly."""
     from helpers import tiny_tokenizer
-    from scripts.chat_sft import PackedSFT
+    from jaxchat.data import PackedSFT
 
     tok, task = tiny_tokenizer(), T.ListTask(_conversations(40))
     convs = [tuple(map(list, tok.render_conversation(task[i], max_tokens=129))) for i in range(len(task))]
