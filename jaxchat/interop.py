@@ -70,7 +70,7 @@ def _require(module: str):  # an optional dependency (the interop extra): import
 
 def _master_arch(window_pattern: str) -> dict:
     m = C.load_preset("master")["model"]
-    return {k: m[k] for k in ("value_embeds", "layer_lambdas", "smear", "backout", "init", *MASTER_CONSTANTS)} | {
+    return {k: m[k] for k in ("value_embeds", "layer_lambdas", "smear", "backout", "init", "round_width", *MASTER_CONSTANTS)} | {
         "window_pattern": window_pattern}
 
 
@@ -80,11 +80,12 @@ def nanochat_model_config(cfg: ModelConfig) -> dict:
     mc = {"sequence_len": cfg.max_seq_len, "vocab_size": cfg.vocab_size, "n_layer": cfg.n_layer,
           "n_head": cfg.n_head, "n_kv_head": cfg.kv_heads, "n_embd": cfg.n_embd}
     master = _master_arch(cfg.window_pattern or "L")
-    v1 = {k: f.default for f in dataclasses.fields(ModelConfig) if (k := f.name) in master and k != "init"}
+    free = ("init", "round_width")  # how the weights were drawn and the width derived: no layout of their own
+    v1 = {k: f.default for f in dataclasses.fields(ModelConfig) if (k := f.name) in master and k not in free}
     if all(getattr(cfg, k) == v for k, v in v1.items()):
         return mc
     if diff := [f"{k}={getattr(cfg, k)!r} (master: {v!r})" for k, v in master.items()
-                if k != "init" and getattr(cfg, k) != v]:
+                if k not in free and getattr(cfg, k) != v]:
         raise InteropError(f"no nanochat layout for this mix of V1 and master switches: {', '.join(diff)}")
     return {**mc, "window_pattern": cfg.window_pattern}
 
