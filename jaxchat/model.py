@@ -417,7 +417,7 @@ def hidden_states(params: Params, tokens_BxT, cfg: ModelConfig, *, cache=None, l
     cache is empty (pos = 0)."""
     dt = jnp.dtype(cfg.compute_dtype)
     B, T = tokens_BxT.shape
-    axes = param_axes(cfg)
+    axes = param_axes(cfg) if cache is None else None  # for pinning the training path's weights
     # pinned before the norm: the lookup's re-layout (wte is sharded on its width) then moves compute-dtype rows
     lookup = lambda name: params[name] if cache is not None else placed(params[name], axes[name], cfg)  # noqa: E731
     x = rms_norm(constrain(lookup("wte").astype(dt)[tokens_BxT], ACT))

@@ -3,6 +3,7 @@ a loopback HTTP file server (downloads tested offline), a miniature DCLM eval bu
 from __future__ import annotations
 
 import collections
+import contextlib
 import io
 import json
 import sysconfig
@@ -110,3 +111,19 @@ def zip_dir(src: Path, top: str) -> bytes:
         for f in sorted(src.rglob("*")):
             z.write(f, f"{top}/{f.relative_to(src)}")
     return buf.getvalue()
+
+
+@contextlib.contextmanager
+def core_bundle_base(tmp_path: Path, monkeypatch):
+    """A base dir with the tiny tokenizer, and the miniature eval bundle served from a loopback server (what
+    `core_bundle = "download"` fetches) for the duration of the block."""
+    monkeypatch.setenv("JAXCHAT_BASE_DIR", str(tmp_path))
+    monkeypatch.setenv("no_proxy", "*")
+    monkeypatch.setenv("NO_PROXY", "*")
+    tiny_tokenizer().save(tmp_path / "tokenizer" / "tokenizer.model")
+    server = FileServer({"eval_bundle.zip": zip_dir(write_eval_bundle(tmp_path / "src"), "eval_bundle")})
+    monkeypatch.setenv("JAXCHAT_EVAL_BUNDLE_URL", server.url + "eval_bundle.zip")
+    try:
+        yield server
+    finally:
+        server.close()

@@ -83,23 +83,15 @@ def test_time_to_gpt2(tmp_path, monkeypatch):
     the end (CORE once more), with one none can (1.5 > CORE's maximum 1): the training time at each evaluation is
     the log's, across the resume too, and the report shows the crossing or its absence. The checkpoint keeps the
     scaled LRs it trained with and, as master's user_config (which master's SFT inherits), the configured ones."""
-    from helpers import FileServer, tiny_tokenizer, write_eval_bundle, zip_dir
+    from helpers import core_bundle_base
 
     from jaxchat import report
 
-    monkeypatch.setenv("JAXCHAT_BASE_DIR", str(tmp_path))
-    monkeypatch.setenv("no_proxy", "*")
-    monkeypatch.setenv("NO_PROXY", "*")
-    tiny_tokenizer().save(tmp_path / "tokenizer" / "tokenizer.model")
-    server = FileServer({"eval_bundle.zip": zip_dir(write_eval_bundle(tmp_path / "src"), "eval_bundle")})
-    monkeypatch.setenv("JAXCHAT_EVAL_BUNDLE_URL", server.url + "eval_bundle.zip")
-    try:
+    with core_bundle_base(tmp_path, monkeypatch):
         low = _train("--gpt2_core=-1")
         log = [json.loads(ln) for ln in (tmp_path / "base_checkpoints" / "d1" / "log.jsonl").read_text().splitlines()]
         md_low = report.generate().read_text()
         high = _train("--gpt2_core=1.5", "--resume")
-    finally:
-        server.close()
     elapsed = {r["step"]: r["elapsed"] for r in log if r["kind"] == "train"}
     core = {r["step"]: r["core_metric"] for r in log if "core_metric" in r}
     assert low["core_history"] == [[2, elapsed[1], core[2]], [4, elapsed[3], core[4]]]

@@ -70,21 +70,13 @@ def test_base_train_core_metric(tmp_path, monkeypatch):
     """CORE during base training: every --core_metric_every steps and at the last step, on the data that
     [eval] core_bundle names (here "download", the GPU presets' setting, from a loopback server), logged as
     core_metric eval records and in the summary; val bpb keeps its own --eval_every schedule."""
-    from helpers import FileServer, tiny_tokenizer, write_eval_bundle, zip_dir
+    from helpers import core_bundle_base
     from scripts import base_train
 
-    monkeypatch.setenv("JAXCHAT_BASE_DIR", str(tmp_path))
-    monkeypatch.setenv("no_proxy", "*")
-    monkeypatch.setenv("NO_PROXY", "*")
-    tiny_tokenizer().save(tmp_path / "tokenizer" / "tokenizer.model")
-    server = FileServer({"eval_bundle.zip": zip_dir(write_eval_bundle(tmp_path / "src"), "eval_bundle")})
-    monkeypatch.setenv("JAXCHAT_EVAL_BUNDLE_URL", server.url + "eval_bundle.zip")
-    try:
+    with core_bundle_base(tmp_path, monkeypatch):
         base = base_train.main([*MODEL, "--num_iterations=5", "--device_batch_size=1", "--eval_every=4",
                                 "--eval_tokens=512", "--sample_every=-1", "--save_every=-1", "--core_metric_every=2",
                                 "--core_max_per_task=2", "--core_bundle=download"])
-    finally:
-        server.close()
     log = [json.loads(line) for line in (tmp_path / "base_checkpoints" / "d1" / "log.jsonl").read_text().splitlines()]
     evals = [r for r in log if r.get("kind") == "eval"]
     assert [r["step"] for r in evals if "core_metric" in r] == [2, 4, 5]
