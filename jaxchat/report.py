@@ -339,6 +339,11 @@ def _summary_lines(sections: dict, logs: dict, start: float | None) -> list[str]
             k = min(10, max(1, len(ended) // 2))
             rows.append(("rollouts ending with <|assistant_end|>, first → last steps (training log)",
                          f"{fmt(sum(ended[:k]) / k, '.1%')} → {fmt(sum(ended[-k:]) / k, '.1%')}"))
+        if "heldout_gain" in rl:
+            rows += [(f"held-out reward ({rl['heldout_problems']} problems × {rl['heldout_samples']} samples), "
+                      "before → after", f"{fmt(rl['heldout_reward_before'])} → {fmt(rl['heldout_reward'])}"),
+                     ("held-out gain per problem (paired; ± standard error)",
+                      f"{rl['heldout_gain']:+.4f} ± {rl['heldout_gain_se']:.4f}")]
         rows += [(f"pass@{k} (held-out, end of training)", fmt(rl[f"pass@{k}"])) for k in range(1, 9)
                  if f"pass@{k}" in rl] + [("rollout tokens/s", fmt_value(rl["rollout_tok_per_sec"]))]
         evals = [sections.get(f"chat-evaluation-{c}", {}).get("tasks", {}) for c in ("sft", "rl")]

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from jaxchat import stage, train
+from jaxchat import evaluate, stage, train
 from jaxchat.checkpoint import Checkpoints
 from jaxchat.common import bucket, cli, print0, read_jsonl
 from jaxchat.engine import Engine
@@ -73,18 +73,37 @@ def main(argv=None):
                                   "rollout_tok_per_sec": n_tok / dt,
                                   "ended": float(np.mean([bool(s) and s[-1] == pad for s in seqs]))}}
 
-    def evaluate_fn(state, step):  # pass@1..k on held-out problems: any of the first j samples right
-        convs, k = [test_task[i] for i in range(min(tc.eval_examples, len(test_task)))], min(8, N)
-        seqs, _ = Engine(state["params"], mc, tok, mesh=ctx.mesh).generate_batch(
-            [tok.render_for_completion(c) for c in convs], num_samples=k, max_tokens=tc.max_new_tokens,
-            temperature=1.0, top_k=tc.top_k, seed=0)
-        right = np.asarray([test_task.reward(convs[i // k], tok.decode(s)) > 0 for i, s in enumerate(seqs)])
-        return {f"pass@{j}": float(right.reshape(-1, k)[:, :j].any(axis=1).mean()) for j in range(1, k + 1)}
+    held_out_convs, k = [test_task[i] for i in range(min(tc.eval_examples, len(test_task)))], min(8, N)
 
+    def held_out(params) -> np.ndarray:  # [problems, k]: which of k samples (temperature 1) are right
+        engine, right, chunk = Engine(params, mc, tok, mesh=ctx.mesh), [], max(1, E * N // k)  # rollout-sized
+        for b in range(0, len(held_out_convs), chunk):
+            convs = held_out_convs[b:b + chunk]
+            seqs, _ = engine.generate_batch([tok.render_for_completion(c) for c in convs], num_samples=k,
+                                            max_tokens=tc.max_new_tokens, temperature=1.0, top_k=tc.top_k, seed=b)
+            right += [test_task.reward(convs[i // k], tok.decode(s)) > 0 for i, s in enumerate(seqs)]
+        return np.asarray(right).reshape(-1, k)
+
+    last = {}
+
+    def evaluate_fn(state, step):  # pass@j: any of the first j samples right; reward: the share of right samples
+        right = last["right"] = held_out(state["params"])
+        return {"heldout_reward": float(right.mean()),
+                **{f"pass@{j}": float(right[:, :j].any(axis=1).mean()) for j in range(1, k + 1)}}
+
+    before = held_out(params)  # the source model (before training donates its buffers)
     ck, log = Checkpoints(stage.out_dir("rl", tag), keep=tc.keep_checkpoints), stage.logger("rl", tag)
     state, summary = train.run(train.create_train_state(mc, tc, ctx.mesh, n_iter, params=params), rollouts,
                                name="chat_rl", ck=ck, log=log, evaluate=evaluate_fn, show=("reward",),
                                meta={"stage": "rl", "preset": cfg.preset})
+    # The gain without step noise: the same held-out problems and samples (seeds) before and after, so each
+    # problem's own difficulty cancels in the paired difference (a 200 x 8 evaluation tells ~0.02 from nothing).
+    gain, se = evaluate.paired_gain(*({"total": len(r), "scores": r.sum(axis=1), "num_samples": k}
+                                      for r in (before, last["right"])))
+    summary.update(heldout_reward_before=float(before.mean()), heldout_gain=gain, heldout_gain_se=se,
+                   heldout_problems=len(before), heldout_samples=k)
+    print0(f"[chat_rl] held-out reward ({len(before)} problems x {k} samples): {before.mean():.3f} -> "
+           f"{summary['heldout_reward']:.3f}, paired gain {gain:+.3f} +- {se:.3f} (standard error)")
     by_step = {r["step"]: r for r in read_jsonl(log.path) if r.get("kind") == "train"}  # a resumed run's last record
     rewards = [by_step[s]["reward"] for s in sorted(by_step)]
     k = min(10, max(1, len(rewards) // 2))

@@ -103,7 +103,9 @@ def summaries() -> dict:
             "HumanEval": _generative(0.0122, 164), "SpellingBee": _generative(0.0391, 256),
             "Arithmetic": {**_generative(0.1425, 400, ended=0.94, tool=0.41), "scores": [1, 0, 0, 1]}}, 0.0123, 6),
         "chat-rl": {**train, "steps": 50, "final_loss": 0.01, "pass@1": 0.18, "pass@8": 0.41, "reward_first": 0.105,
-                    "reward_last": 0.2375, "reward_window": 10, "rollout_tok_per_sec": 812.4, "task": "Arithmetic"},
+                    "reward_last": 0.2375, "reward_window": 10, "rollout_tok_per_sec": 812.4, "task": "Arithmetic",
+                    "heldout_reward": 0.3125, "heldout_reward_before": 0.25, "heldout_gain": 0.0625,
+                    "heldout_gain_se": 0.0125, "heldout_problems": 200, "heldout_samples": 8},
         "chat-evaluation-rl": _chat_eval("rl", {"GSM8K": _generative(0.0114, 1319),
                                                 "Arithmetic": {**_generative(0.2175, 400, ended=0.985,
                                                                              tool=float("nan")), "scores": [1, 1, 0, 1]}},
@@ -225,6 +227,8 @@ def test_report_from_fixtures(fixture_dir):
     assert "| rollouts ending with <\\|assistant_end\\|>, first → last steps (training log) | 54.5% → 94.5% |" in md
     assert "| pass@8 (held-out, end of training) | 0.4100 |" in md
     assert "| Arithmetic, SFT → RL per problem (paired; ± standard error) | +0.2500 ± 0.2500 |" in md
+    assert "| held-out reward (200 problems × 8 samples), before → after | 0.2500 → 0.3125 |" in md
+    assert "| held-out gain per problem (paired; ± standard error) | +0.0625 ± 0.0125 |" in md
     assert "MMLU test split" in md and "all 164 HumanEval problems" in md and "held-out validation documents" in md
 
     # wall clock from the header's start to the last section; per-stage times (each stage's own timer)

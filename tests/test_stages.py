@@ -57,6 +57,9 @@ def test_stage_chain(tmp_path, monkeypatch):
                        "--eval_every=2", "--eval_examples=2", "--save_every=2"])
     assert rl["steps"] == 2 and rl["reward_window"] == 1, rl
     assert 0 <= rl["reward_first"] <= 1 and 0 <= rl["reward_last"] <= 1 and rl["rollout_tok_per_sec"] > 0
+    # held-out reward before (the SFT model) and after, on the same problems: the paired mean is the difference
+    assert (rl["heldout_problems"], rl["heldout_samples"]) == (2, 2), rl
+    assert rl["heldout_gain"] == pytest.approx(rl["heldout_reward"] - rl["heldout_reward_before"]), rl
     log = [json.loads(line) for line in (base_dir / "chatrl_checkpoints" / "d1" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if r.get("kind") == "train"] == [0, 1]
     assert any("pass@1" in r for r in log if r.get("kind") != "train")
