@@ -126,8 +126,8 @@ browser() {
 }
 
 run_tests() {
-  # the interop extra (CPU torch, tiktoken, safetensors) lets the nanochat-parity tests run
-  JAXCHAT_EXTRAS="${JAXCHAT_EXTRAS:-dev,interop}" setup
+  # the interop extra (CPU torch, tiktoken, safetensors) lets the nanochat-parity tests run; track (wandb), the W&B one
+  JAXCHAT_EXTRAS="${JAXCHAT_EXTRAS:-dev,interop,track}" setup
   browser
   log "test: running the suite (8 emulated CPU devices)"
   "$VENV/bin/python" -m pytest -q "$@"

@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from jaxchat.config import ConfigError
+
 
 def base_dir() -> Path:
     """Where every artifact lives (nanochat's layout): `$JAXCHAT_BASE_DIR`, default `~/.cache/jaxchat`.
@@ -46,12 +48,25 @@ def print0(*args, **kwargs) -> None:
 
 
 class JsonlLog:
-    """Append-only JSONL metrics log (one dict per line, with a wall-clock timestamp). Process 0 writes."""
+    """Append-only JSONL metrics log (one dict per line, with a wall-clock timestamp). Process 0 writes. Given a run
+    name other than "dummy" (nanochat's `--run`), it also mirrors each record's numbers to a Weights & Biases run
+    (project "jaxchat", job type `stage`, step = the record's) until close(); the JSONL stays the report's source."""
 
-    def __init__(self, path: str | os.PathLike | None):
+    def __init__(self, path: str | os.PathLike | None, run: str = "dummy", stage: str = "", config: dict | None = None):
         self.path = Path(path) if path else None
         if self.path is not None and process_index() == 0:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.wandb = None
+        if run and run != "dummy":
+            try:
+                import wandb  # here, not at the top: it takes ~1 s to import and only a tracked run needs it
+            except ImportError:
+                raise ConfigError(f"--run={run} logs to Weights & Biases, which is not installed: "
+                                  "`.venv/bin/pip install -e '.[track]'` (or `JAXCHAT_EXTRAS=dev,track bash run_all.sh "
+                                  "setup`), then `wandb login`; or leave --run at dummy (the JSONL log only)") from None
+            if process_index() == 0:  # W&B's files go under the base dir, not the working directory
+                self.wandb = wandb.init(project="jaxchat", name=run, job_type=stage or None, config=config,
+                                        dir=os.environ.get("WANDB_DIR", str(base_dir())))
 
     def clear(self) -> None:
         if self.path is not None and process_index() == 0:
@@ -63,6 +78,21 @@ class JsonlLog:
         record = {"time": round(time.time(), 3), **record}
         with open(self.path, "a") as f:
             f.write(json.dumps(record, default=_json_default) + "\n")
+        if self.wandb is not None:  # under the record's kind (train/loss, eval/val_bpb); text (samples) stays here
+            kind = f"{record['kind']}/" if "kind" in record else ""
+            self.wandb.log({kind + k: v for k, v in _numbers(record).items() if k not in ("step", "time")},
+                           step=record.get("step"))
+
+    def close(self, summary: dict | None = None) -> None:
+        """End the W&B run, if any, with the stage summary's numbers as its summary."""
+        if self.wandb is not None:
+            self.wandb.summary.update(_numbers(summary or {}))
+            self.wandb.finish()
+            self.wandb = None
+
+
+def _numbers(record: dict) -> dict:
+    return {k: v for k, v in record.items() if isinstance(v, (int, float))}
 
 
 def _json_default(x):

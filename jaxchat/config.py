@@ -175,6 +175,7 @@ class TrainConfig:
     seed: int = 42
     resume: bool = False  # continue from the newest checkpoint in the stage's folder
     overwrite: bool = False  # without --resume: replace an earlier run's checkpoints (else: a clear error)
+    run: str = "dummy"  # a Weights & Biases run name (nanochat's --run; the track extra); dummy: JSONL log only
 
     def __post_init__(self):
         _choice(self, "optimizer", "v1", "master")

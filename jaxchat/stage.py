@@ -63,9 +63,12 @@ OPTIONAL = {"base-model-training": "core_metric core_tasks_run core_history gpt2
 
 
 def finish(section: str, summary: dict, checkpoints=None) -> dict:
-    """Close the checkpoints, check the summary against SECTIONS[section], write it (process 0, atomically)."""
+    """Close the checkpoints and W&B runs, check the summary against SECTIONS[section], write it (process 0,
+    atomically)."""
     if checkpoints is not None:
         checkpoints.close()
+    while _tracked:
+        _tracked.pop().close(summary)
     keys, optional = SECTIONS[section][1].split(), OPTIONAL.get(section, "").split()
     missing, extra = [k for k in keys if k not in summary], [k for k in summary if k not in keys + optional]
     if missing or extra:
@@ -109,8 +112,15 @@ def out_dir(stage: str, tag: str) -> Path:
     return d
 
 
-def logger(stage: str, tag: str) -> JsonlLog:
-    return JsonlLog(out_dir(stage, tag) / "log.jsonl")
+_tracked: list[JsonlLog] = []  # logs mirrored to W&B: finish() ends their runs (scripts keep no handle to close)
+
+
+def logger(stage: str, tag: str, tc: C.TrainConfig) -> JsonlLog:
+    """The stage's JSONL log; with the stage config's `run` (--run=NAME) mirrored to a Weights & Biases run."""
+    log = JsonlLog(out_dir(stage, tag) / "log.jsonl", tc.run, stage, dataclasses.asdict(tc))
+    if log.wandb is not None:
+        _tracked.append(log)
+    return log
 
 
 def rows_per_process(device_batch_size: int, ctx: Context) -> tuple[int, int]:

@@ -74,7 +74,7 @@ def main(argv=None):
     def sample_fn(state, step):
         return {"samples": stage.sample_completions(state["params"], mc, tok, ctx.mesh)}
 
-    log = stage.logger("base", tag)
+    log = stage.logger("base", tag, tc)
     state, summary = train.run(
         train.create_train_state(mc, tc, ctx.mesh, n_iter), lambda step, state: next(batches), name="base_train",
         ck=ck, log=log, data=batches, evaluate=evaluate_fn, sample=sample_fn,

@@ -92,7 +92,7 @@ def main(argv=None):
                 **{f"pass@{j}": float(right[:, :j].any(axis=1).mean()) for j in range(1, k + 1)}}
 
     before = held_out(params)  # the source model (before training donates its buffers)
-    ck, log = Checkpoints(stage.out_dir("rl", tag), keep=tc.keep_checkpoints), stage.logger("rl", tag)
+    ck, log = Checkpoints(stage.out_dir("rl", tag), keep=tc.keep_checkpoints), stage.logger("rl", tag, tc)
     state, summary = train.run(train.create_train_state(mc, tc, ctx.mesh, n_iter, params=params), rollouts,
                                name="chat_rl", ck=ck, log=log, evaluate=evaluate_fn, show=("reward",),
                                meta={"stage": "rl", "preset": cfg.preset})

@@ -85,7 +85,7 @@ def main(argv=None):
         return out
 
     state, summary = train.run(setup, lambda step, state: next(batches), name="chat_sft", ck=ck, data=batches,
-                               log=stage.logger("sft", tag), evaluate=evaluate_fn, save_optimizer=tc.save_optimizer,
+                               log=stage.logger("sft", tag, tc), evaluate=evaluate_fn, save_optimizer=tc.save_optimizer,
                                meta={"stage": "sft", "preset": cfg.preset})
     examples = batches.consumed * ctx.process_count if tc.inherit else n_iter * tc.target_examples_per_step
     summary.update(conversations=len(train_task), epochs=n_iter / epoch_steps, examples=examples, depth=mc.depth,

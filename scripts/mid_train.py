@@ -41,7 +41,7 @@ def main(argv=None):
 
     state, summary = train.run(  # its summary holds the last step's val_loss / val_bpb
         train.create_train_state(mc, tc, ctx.mesh, n_iter, params=params), lambda step, state: next(batches),
-        name="mid_train", ck=ck, log=stage.logger("mid", tag), data=batches, evaluate=evaluate_fn,
+        name="mid_train", ck=ck, log=stage.logger("mid", tag, tc), data=batches, evaluate=evaluate_fn,
         meta={"stage": "mid", "preset": cfg.preset})
     tokens = n_iter * tokens_per_step
     summary.update(tokens=tokens, epochs=n_iter / epoch_steps, conversations=len(train_task), depth=mc.depth,

@@ -6,6 +6,7 @@
 #   bash run_all.sh --preset d20 --dry-run   print every stage's command and the derived shapes/steps/tokens
 #   bash run_all.sh --preset master     nanochat master's model and recipe at the tiny size: SFT from base, no RL
 #   bash run_all.sh --force             rerun stages whose output already exists
+#   WANDB_RUN=name bash run_all.sh ...  also log the training stages to Weights & Biases (the track extra)
 #
 # A stage whose report section ($JAXCHAT_BASE_DIR/report/<section>.json, written by jaxchat.stage.finish when it
 # is done) exists is skipped, so an interrupted run continues from the last finished stage; a failed stage stops
@@ -43,6 +44,7 @@ export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="${JAX_PERSISTENT_CACHE_MIN_CO
 LOGS="$REPORT/logs"
 mkdir -p "$LOGS"
 P="--preset=$PRESET"
+RUN="${WANDB_RUN:+--run=$WANDB_RUN}"  # follow the training stages on Weights & Biases (nanochat's WANDB_RUN)
 RESUME="--resume"  # within-stage resume from checkpoints; --force starts stages afresh over the old ones
 [ "$FORCE" = 1 ] && RESUME="--overwrite"
 # What the preset runs: a GPU preset ([mesh] accelerator) downloads its corpus first; midtraining runs when SFT
@@ -112,17 +114,17 @@ if [ "$DRY" = 1 ]; then
   DEV=""; [ "$GPU_PRESET" = 1 ] && DEV="--devices=8"
   "$PY" -m scripts.base_train "$P" --dry_run $DEV 2>/dev/null | grep "dry run" || true
 fi
-stage base_train     base-model-training    "$PY" -m scripts.base_train "$P" $RESUME
+stage base_train     base-model-training    "$PY" -m scripts.base_train "$P" $RESUME $RUN
 stage base_loss      base-model-loss        "$PY" -m scripts.base_loss "$P"
 stage base_eval      base-model-evaluation  "$PY" -m scripts.base_eval "$P"
 if [ "$RUN_MID" = 1 ]; then
-  stage mid_train      midtraining            "$PY" -m scripts.mid_train "$P" $RESUME
+  stage mid_train      midtraining            "$PY" -m scripts.mid_train "$P" $RESUME $RUN
   stage chat_eval_mid  chat-evaluation-mid    "$PY" -m scripts.chat_eval "$P" --source=mid
 elif [ "$DRY" = 0 ]; then say "no midtraining: this preset's SFT starts from its [sft] source"; fi
-stage chat_sft       chat-sft               "$PY" -m scripts.chat_sft "$P" $RESUME
+stage chat_sft       chat-sft               "$PY" -m scripts.chat_sft "$P" $RESUME $RUN
 stage chat_eval_sft  chat-evaluation-sft    "$PY" -m scripts.chat_eval "$P" --source=sft
 if [ "$RUN_RL" = 1 ]; then
-  stage chat_rl        chat-rl                "$PY" -m scripts.chat_rl "$P" $RESUME
+  stage chat_rl        chat-rl                "$PY" -m scripts.chat_rl "$P" $RESUME $RUN
   stage chat_eval_rl   chat-evaluation-rl     "$PY" -m scripts.chat_eval "$P" --source=rl
 elif [ "$DRY" = 0 ]; then say "no chat RL: the preset sets [pipeline] rl = false"; fi
 if [ "$DRY" = 1 ]; then
