@@ -25,9 +25,8 @@ def main(argv=None):
     rows = tc.device_batch_size * ctx.n_devices
     t0 = time.time()
     res = {}
-    for split in ("train", "val"):
-        r = data.eval_rows(tc.source, split, tok, seq_len=mc.max_seq_len, max_tokens=tc.eval_tokens,
-                           packing=tc.packing)
+    for split in ("train", "val"):  # contiguous text whatever the training packing: what xz compresses too
+        r = data.eval_rows(tc.source, split, tok, seq_len=mc.max_seq_len, max_tokens=tc.eval_tokens)
         s = evaluate.loss_stats(params, r, tok.token_bytes(), mc, ctx.mesh, batch_rows=rows)
         res[f"{split}_bpb"], res[f"{split}_loss"], res[f"{split}_tokens"] = s["bpb"], s["loss"], s["tokens"]
     # xz on the exact text the validation targets cover (r: the val rows)
