@@ -52,8 +52,8 @@ SECTIONS = {
     "chat-sft": ("Chat SFT", TRAIN + "val_loss conversations epochs examples online"),
     "core-evaluation-sft": ("CORE evaluation: sft", CORE),
     "chat-evaluation-sft": ("Chat evaluation: sft", CHAT),
-    "chat-rl": ("Chat RL", TRAIN + "pass@1 reward_first reward_last reward_window rollout_tok_per_sec task heldout_reward "
-                "heldout_reward_before heldout_gain heldout_gain_se heldout_problems heldout_samples"),
+    "chat-rl": ("Chat RL", TRAIN + "pass@1 reward_first reward_last reward_window rollout_tok_per_sec task "
+                "heldout_reward heldout_reward_before heldout_gain heldout_gain_se heldout_problems heldout_samples"),
     "core-evaluation-rl": ("CORE evaluation: rl", CORE),
     "chat-evaluation-rl": ("Chat evaluation: rl", CHAT),
 }

@@ -66,6 +66,8 @@ def test_speedrun_keeps_master_toml_switches():
         if isinstance(values, dict):
             assert {k: speedrun[section].get(k) for k in values} == values, f"[{section}]: copy master.toml's"
     assert speedrun["mesh"]["accelerator"] and speedrun["eval"]["core_bundle"] == "download"
+    tiny_master = C.load_preset("tiny_master")  # tiny's stages with master's model: the same switches
+    assert {k: tiny_master["model"].get(k) for k in master["model"]} == master["model"], "[model]: copy master.toml's"
     assert C.load_preset("d12")["base"]["depth_dial"]
 
 
