@@ -63,7 +63,7 @@ pick_extras() {
   local driver major cuda extra
   if [ -n "${JAXCHAT_EXTRAS:-}" ]; then echo "$JAXCHAT_EXTRAS"; return 0; fi
   [ -f "configs/$PRESET.toml" ] || { echo "run_all.sh: no preset configs/$PRESET.toml" >&2; return 2; }
-  case "$PRESET" in tiny|tiny_master|master) echo dev; return 0 ;; esac  # the CPU presets (offline, embedded data)
+  case "$PRESET" in tiny|tiny_v1|master) echo dev; return 0 ;; esac  # the CPU presets (offline, embedded data)
   if [ "$DRY" = 1 ]; then echo dev; return 0; fi
   driver="$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null)" || driver=""
   driver="${driver%%$'\n'*}"  # one line per GPU

@@ -69,7 +69,8 @@ def bench_decode(torch, GPT, GPTConfig, Engine, a):
                                                     top_k=50, seed=seed))
         return n / (time.perf_counter() - t0)
 
-    mc = C.load(["model"], [f"--depth={a.depth}", f"--vocab_size={a.vocab_size}", f"--max_seq_len={a.seq_len}"]).model
+    mc = C.load(["model"], ["--preset=tiny_v1", f"--depth={a.depth}", f"--vocab_size={a.vocab_size}",  # V1's model
+                            f"--max_seq_len={a.seq_len}"]).model
     ours = random_engine(mc) if a.paired else None
 
     def jaxchat(B, seed):  # what `scripts.bench_decode` times in its `samples` mode

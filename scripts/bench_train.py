@@ -1,7 +1,7 @@
 """Benchmark the jitted train step: tokens/s, achieved FLOP/s, MFU (on GPUs/TPUs with a known peak), compile time
 and memory. The last line of output is JSON.
 
-    python -m scripts.bench_train                                  # tiny shape: depth 4, vocab 8192, seq 512, batch 8
+    python -m scripts.bench_train                                  # the tiny preset: depth 4, vocab 8192, seq 512, batch 8
     python -m scripts.bench_train --preset d20 --device_batch_size=8 --compute_dtype=bfloat16
     python -m scripts.bench_train --steps=3 --warmup=1 --depth=2   # CI-size smoke run
 """
@@ -20,8 +20,8 @@ from jaxchat.common import cli
 
 
 def main(argv=None):
-    cfg = C.load(["model", "mesh", "train"], argv, extra={"steps": 10, "warmup": 2})
-    mc, tc = cfg.model, cfg.train
+    cfg = C.load(["model", "mesh", "base"], argv, extra={"steps": 10, "warmup": 2})
+    mc, tc = cfg.model, cfg.base  # the preset's pretraining step: its model, optimizer and batch
     mesh = shd.make_mesh(cfg.mesh)
     n_dev, T = mesh.size, mc.max_seq_len
     B = tc.device_batch_size * n_dev

@@ -50,7 +50,7 @@ def test_depth_dial_gives_masters_numbers(name):
 
 
 def test_v1_presets_keep_their_recipe():
-    for preset in ("tiny", "d20", "d26", "d32", "master"):
+    for preset in ("tiny", "tiny_v1", "d20", "d26", "d32", "master"):
         tc = (c := C.load(["model", "base"], [f"--preset={preset}"])).base
         assert not tc.depth_dial and train.depth_dial(c.model, tc) == (tc, {"lr_scale": 1.0,
                                                                            "weight_decay": tc.weight_decay})
@@ -66,8 +66,8 @@ def test_speedrun_keeps_master_toml_switches():
         if isinstance(values, dict):
             assert {k: speedrun[section].get(k) for k in values} == values, f"[{section}]: copy master.toml's"
     assert speedrun["mesh"]["accelerator"] and speedrun["eval"]["core_bundle"] == "download"
-    tiny_master = C.load_preset("tiny_master")  # tiny's stages with master's model: the same switches
-    assert {k: tiny_master["model"].get(k) for k in master["model"]} == master["model"], "[model]: copy master.toml's"
+    tiny = C.load_preset("tiny")  # the default: V1's stages with master's model, the same switches
+    assert {k: tiny["model"].get(k) for k in master["model"]} == master["model"], "[model]: copy master.toml's"
     assert C.load_preset("d12")["base"]["depth_dial"]
 
 
@@ -104,7 +104,7 @@ def test_time_to_gpt2(tmp_path, monkeypatch):
 
     assert high["core_history"] == low["core_history"] and high["time_to_gpt2_s"] is None
     meta = json.loads((tmp_path / "base_checkpoints" / "d1" / "4" / "meta" / "metadata").read_text())
-    assert meta["user_config"]["matrix_lr"] == 0.01  # the tiny preset's
-    assert meta["train"]["matrix_lr"] == pytest.approx(0.01 * math.sqrt(1024 / 2**19), rel=1e-12)
+    assert meta["user_config"]["matrix_lr"] == 0.02  # the tiny preset's
+    assert meta["train"]["matrix_lr"] == pytest.approx(0.02 * math.sqrt(1024 / 2**19), rel=1e-12)
     md_high = report.generate().read_text()
     assert "against GPT-2 (1.6B)'s 1.5: not reached; training time" in md_high
