@@ -2,6 +2,7 @@
 # The whole jaxchat pipeline, stage by stage (run through `bash run_all.sh [options]`).
 #
 #   bash run_all.sh                     tiny preset: CPU, offline, embedded data, <= 30 minutes on 2 cores
+#   bash run_all.sh --preset tiny_v1    the same stages with nanochat V1's model, optimizer and packing
 #   bash run_all.sh --preset d20        nanochat's speedrun recipe on an 8-GPU node (FineWeb-edu, hub data)
 #   bash run_all.sh --preset d20 --dry-run   print every stage's command and the derived shapes/steps/tokens
 #   bash run_all.sh --preset master     nanochat master's model and recipe at the tiny size: SFT from base, no RL
