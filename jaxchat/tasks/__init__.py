@@ -86,7 +86,7 @@ def _arc_mmlu(*mmlu_splits) -> list[Task]:
 def mid_train_mixture(split: str = "train", online: bool = False, seed: int = 42,
                       arithmetic_repeat: int = 1) -> TaskMixture:
     """Midtraining conversations (packed, trained on all tokens). `arithmetic_repeat` multiplies the (distinct)
-    calculator-arithmetic conversations (so the tiny preset's 7M-parameter model sees enough tool use)."""
+    calculator-arithmetic conversations (so the tiny preset's 4-layer model sees enough tool use)."""
     check_split(split, ("train", "val"))
     repeat = max(1, arithmetic_repeat)
     if online and split == "train":
